@@ -1,0 +1,43 @@
+//! One file per command; this one dispatches and holds the store transaction they share.
+
+mod accounts;
+mod config;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::store::{self, Store};
+
+pub fn run(cli: Cli) -> Result<()> {
+    if cli.version {
+        return crate::msg::out(&format!("qwen-cred {}\n", env!("CARGO_PKG_VERSION")));
+    }
+    let Some(command) = cli.command else {
+        return Err(Error::Usage(
+            "a command is needed; run `qwen-cred --help` for the list".into(),
+        ));
+    };
+    let cfg = Config::load()?;
+    crate::msg::set_debug(cfg.debug);
+    match command {
+        Command::List(a) => accounts::list(&cfg, &a),
+        Command::Use(a) => accounts::use_(&cfg, &a),
+        Command::Remove(a) => accounts::remove(&cfg, &a),
+        Command::Import(a) => accounts::import(&cfg, &a),
+        Command::Config(a) => config::run(&cfg, &a),
+    }
+}
+
+/// Lock the store, re-read it, let `f` change it, write it back if it changed. Every store
+/// update goes through here, so no update is lost and nothing is written without the lock.
+pub fn transact<T>(cfg: &Config, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+    let path = cfg.store_path();
+    let _held = crate::lock::store(&cfg.dir, cfg.lock_timeout())?;
+    let before = store::load(&path)?;
+    let mut after = before.clone();
+    let out = f(&mut after)?;
+    if after != before {
+        store::save(&path, &after)?;
+    }
+    Ok(out)
+}

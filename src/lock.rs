@@ -1,0 +1,93 @@
+//! All locking: the store lock and the per-account refresh locks, each an `fd-lock` (flock)
+//! on a sidecar file that is never renamed or deleted, so the kernel frees it when a process
+//! dies and there are no stale locks. Order: a refresh lock is taken before the store lock,
+//! never while holding it.
+
+use crate::error::{Error, Result};
+use fd_lock::RwLock;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A held lock; dropping it closes the file, which releases the lock.
+pub struct Held {
+    _file: RwLock<File>,
+}
+
+/// How long to try quietly before saying "waiting for lock".
+const QUIET: Duration = Duration::from_millis(300);
+
+/// Lock guarding every read-modify-write of the store.
+pub fn store(dir: &Path, timeout: Duration) -> Result<Held> {
+    acquire(&dir.join("qwen-accounts.lock"), timeout)
+}
+
+/// Single-flight lock for refreshing one account, held across re-read, HTTP and persist.
+pub fn refresh(dir: &Path, account_id: &str, timeout: Duration) -> Result<Held> {
+    acquire(&refresh_lock_path(dir, account_id), timeout)
+}
+
+fn refresh_lock_path(dir: &Path, account_id: &str) -> PathBuf {
+    // Ids come from a file a person may edit: keep only what is safe in a file name.
+    let safe: String = account_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("qwen-accounts.refresh-{safe}.lock"))
+}
+
+fn acquire(path: &Path, timeout: Duration) -> Result<Held> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        crate::store::ensure_dir(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io("cannot open lock file", path, e))?;
+    let mut lock = RwLock::new(file);
+    let start = Instant::now();
+    let mut said = false;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let got = match lock.try_write() {
+            Ok(guard) => {
+                // Keep the lock until the file closes: `Held` owns the fd.
+                std::mem::forget(guard);
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => return Err(Error::io("cannot lock", path, e)),
+        };
+        if got {
+            if said {
+                crate::msg::debug(&format!("got lock on {}", path.display()));
+            }
+            return Ok(Held { _file: lock });
+        }
+        let waited = start.elapsed();
+        if waited >= timeout {
+            return Err(Error::File(format!(
+                "lock on {} not acquired within {} s (lock_timeout_seconds); another qwen-cred is still running",
+                path.display(),
+                timeout.as_secs()
+            )));
+        }
+        if !said && waited >= QUIET {
+            crate::msg::warn(&format!("waiting for lock on {}", path.display()));
+            said = true;
+        }
+        std::thread::sleep(pause.min(timeout - waited));
+        pause = (pause * 2).min(Duration::from_millis(25));
+    }
+}

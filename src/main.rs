@@ -1,0 +1,45 @@
+//! qwen-cred: a stateless credential helper for a pool of Qwen OAuth accounts. `main` parses
+//! the command line, runs it, and maps an error to its exit code (cli.md).
+
+// Until token, login and refresh land, parts of config, oauth and rotation are unused.
+#![allow(dead_code)]
+
+mod cli;
+mod commands;
+mod config;
+mod error;
+mod lock;
+mod msg;
+mod oauth;
+mod qwen_cli;
+mod rotation;
+mod secret;
+mod store;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let cli = match cli::parse(&args) {
+        Ok(c) => c,
+        Err((text, true)) => {
+            let _ = msg::out(&text);
+            let _ = msg::out("\n");
+            std::process::exit(0);
+        }
+        Err((text, false)) => {
+            eprintln!("{text}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = commands::run(cli) {
+        msg::warn(&e.to_string());
+        std::process::exit(e.exit_code());
+    }
+}
+
+/// Now as Unix milliseconds, the one clock of the program (rotation takes it as an argument).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

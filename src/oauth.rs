@@ -1,0 +1,966 @@
+//! The HTTP client of the Qwen OAuth protocol (qwen-oauth.md): the device grant with PKCE for
+//! login, one refresh attempt, and the small pure helpers around tokens (PKCE, JWT email,
+//! fingerprint, API base URL and headers). It knows nothing of the store, config files or the
+//! environment: callers pass `Settings` in and decide what to do with each outcome.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+
+/// The device endpoint, relative to `oauth_base_url`.
+const DEVICE_PATH: &str = "/api/v1/oauth2/device/code";
+/// The token endpoint, relative to `oauth_base_url`.
+const TOKEN_PATH: &str = "/api/v1/oauth2/token";
+/// An OAuth answer is a few hundred bytes; a cap keeps a broken server from filling memory.
+const MAX_BODY: u64 = 1024 * 1024;
+/// Floor of the wait between polls, so `interval: 0` (tests) does not spin.
+const MIN_POLL: Duration = Duration::from_millis(50);
+/// Ceiling of the transient-error backoff while polling.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Quoted server fields are cut to this many characters so a message stays one short line.
+const MAX_QUOTE: usize = 200;
+
+/// What the client needs to know; the config module fills it in.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub oauth_base_url: String,
+    pub client_id: String,
+    pub scope: String,
+    pub http_timeout: Duration,
+}
+
+/// One agent for all requests, so timeouts and headers are set in one place.
+pub struct Client {
+    agent: ureq::Agent,
+    client_id: String,
+    scope: String,
+    device_url: String,
+    token_url: String,
+}
+
+/// The answer to the device authorization request (RFC 8628 §3.2).
+#[derive(Debug, Clone)]
+pub struct DeviceCode {
+    pub device_code: Secret,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub expires_in: u64,
+    pub interval: Option<u64>,
+}
+
+/// A successful token answer, from the device grant or a refresh.
+#[derive(Debug, Clone)]
+pub struct TokenResponse {
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub resource_url: Option<String>,
+    pub id_token: Option<Secret>,
+}
+
+/// The outcome of one poll of the token endpoint that is not an error.
+#[derive(Debug)]
+pub enum Poll {
+    /// The user has not approved yet: poll again after the interval.
+    Pending,
+    /// Poll again, 5 s slower.
+    SlowDown,
+    Done(TokenResponse),
+}
+
+#[derive(Debug)]
+pub enum PollError {
+    /// Login cannot succeed with this device code: stop and tell the user.
+    Fatal(String),
+    /// The server or network failed this time: keep polling with backoff.
+    Transient(String),
+}
+
+#[derive(Debug)]
+pub enum RefreshError {
+    /// The server said the refresh token is dead: the account is revoked.
+    Dead(String),
+    /// Anything less clear: keep the account, retry later, never revoke.
+    Transient(String),
+}
+
+/// A response whose body was read within the size cap.
+struct Reply {
+    status: u16,
+    /// `None` when the body is not a JSON value.
+    json: Option<Value>,
+}
+
+impl Client {
+    pub fn new(settings: &Settings) -> Result<Client> {
+        let base = settings.oauth_base_url.trim_end_matches('/');
+        check_url(base).map_err(|why| Error::File(format!("oauth_base_url {base}: {why}")))?;
+        let connect = settings.http_timeout.min(Duration::from_secs(10));
+        let mut config = ureq::Agent::config_builder()
+            .timeout_global(Some(settings.http_timeout))
+            .timeout_connect(Some(connect))
+            // Error bodies carry the OAuth `error` field we map (RFC 6749 §5.2).
+            .http_status_as_error(false)
+            // A token endpoint has no business redirecting; a redirect is answered as a
+            // non-200 instead of re-posting a refresh token somewhere else.
+            .max_redirects(0)
+            // The service answers HTML to requests without a User-Agent (qwen-oauth.md).
+            .user_agent(format!("qwen-cred/{}", env!("CARGO_PKG_VERSION")))
+            .accept("application/json");
+        if loopback_http(base) {
+            // A loopback test server is never reached through a proxy from the environment.
+            config = config.proxy(None);
+        }
+        Ok(Client {
+            agent: config.build().new_agent(),
+            client_id: settings.client_id.clone(),
+            scope: settings.scope.clone(),
+            device_url: format!("{base}{DEVICE_PATH}"),
+            token_url: format!("{base}{TOKEN_PATH}"),
+        })
+    }
+
+    /// POSTs a form and reads a capped body. `Err` is a network failure, a timeout or a body
+    /// over the cap; the message never contains the form (it carries secrets).
+    fn post(&self, url: &str, form: &[(&str, &str)]) -> std::result::Result<Reply, String> {
+        let mut resp = self
+            .agent
+            .post(url)
+            .header("Accept", "application/json")
+            .send_form(form.iter().copied())
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => {
+                    format!("{url}: response too large (HTTP {status}, over {MAX_BODY} bytes)")
+                }
+                e => format!("{url}: reading the response (HTTP {status}): {e}"),
+            })?;
+        let json = serde_json::from_slice(&bytes).ok();
+        Ok(Reply { status, json })
+    }
+
+    /// Starts the device grant (RFC 8628 §3.1) with a PKCE S256 challenge (RFC 7636 §4.3).
+    pub fn device_code(&self, challenge: &str) -> Result<DeviceCode> {
+        let url = &self.device_url;
+        let form = [
+            ("client_id", self.client_id.as_str()),
+            ("scope", self.scope.as_str()),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+        ];
+        let reply = self.post(url, &form).map_err(Error::Server)?;
+        let json = match (reply.status, reply.json) {
+            (200, Some(json)) => json,
+            (200, None) => {
+                return Err(Error::Login(format!(
+                    "{url} answered HTTP 200 with a body that is not JSON"
+                )))
+            }
+            (status, json) => {
+                return Err(Error::Login(format!(
+                    "{url} answered HTTP {status}{}",
+                    json.as_ref().map(error_note).unwrap_or_default()
+                )))
+            }
+        };
+        parse_device_code(&json).map_err(|why| Error::Login(format!("{url}: {why}")))
+    }
+
+    /// One poll of the token endpoint (RFC 8628 §3.4), with the PKCE verifier (RFC 7636 §4.5).
+    pub fn poll_device(
+        &self,
+        device_code: &Secret,
+        verifier: &Secret,
+    ) -> std::result::Result<Poll, PollError> {
+        let url = &self.token_url;
+        let form = [
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("client_id", self.client_id.as_str()),
+            ("device_code", device_code.expose()),
+            ("code_verifier", verifier.expose()),
+        ];
+        let reply = self.post(url, &form).map_err(PollError::Transient)?;
+        let status = reply.status;
+        let error = reply.json.as_ref().and_then(error_code);
+        // Error codes of RFC 8628 §3.5; 429 is the plain HTTP way to say slow down.
+        match (status, error.as_deref()) {
+            (200, _) => {
+                let json = reply.json.ok_or_else(|| {
+                    PollError::Transient(format!("{url} answered 200 with a body that is not JSON"))
+                })?;
+                TokenResponse::from_json(&json)
+                    .map(Poll::Done)
+                    .map_err(|why| PollError::Transient(format!("{url} lied: {why}")))
+            }
+            (400, Some("authorization_pending")) => Ok(Poll::Pending),
+            (400, Some("slow_down")) | (429, _) => Ok(Poll::SlowDown),
+            (400, Some("expired_token")) => Err(PollError::Fatal(
+                "the device code expired before the browser approval".into(),
+            )),
+            (400, Some("access_denied")) => {
+                Err(PollError::Fatal("access was denied in the browser".into()))
+            }
+            (401, _) => Err(PollError::Fatal(format!(
+                "{url} rejected the client (HTTP 401{})",
+                reply.json.as_ref().map(error_note).unwrap_or_default()
+            ))),
+            (500..=599, _) => Err(PollError::Transient(format!(
+                "{url} answered HTTP {status}"
+            ))),
+            (400, None) => Err(PollError::Transient(format!(
+                "{url} answered HTTP 400 with no OAuth error"
+            ))),
+            _ => Err(PollError::Fatal(format!(
+                "{url} answered HTTP {status}{}",
+                reply.json.as_ref().map(error_note).unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Polls until the user approves, refuses, or `deadline` passes (qwen-oauth.md step 4).
+    pub fn device_login(
+        &self,
+        dc: &DeviceCode,
+        verifier: &Secret,
+        deadline: Instant,
+        on_retry: &mut dyn FnMut(&str),
+    ) -> Result<TokenResponse> {
+        // RFC 8628 §3.2: the client waits `interval` seconds between polls, 5 s by default;
+        // the Qwen CLI uses 2 s.
+        let mut interval = Duration::from_secs(dc.interval.unwrap_or(2));
+        let mut backoff: Option<Duration> = None;
+        let mut last_error = String::new();
+        loop {
+            let wait = match self.poll_device(&dc.device_code, verifier) {
+                Ok(Poll::Done(token)) => return Ok(token),
+                Ok(Poll::Pending) => {
+                    backoff = None;
+                    interval
+                }
+                Ok(Poll::SlowDown) => {
+                    // RFC 8628 §3.5: slow_down increases the interval by 5 s for all
+                    // subsequent requests.
+                    backoff = None;
+                    interval += Duration::from_secs(5);
+                    interval
+                }
+                Err(PollError::Fatal(why)) => return Err(Error::Login(why)),
+                Err(PollError::Transient(why)) => {
+                    // RFC 8628 §3.5: back off exponentially on connection trouble.
+                    on_retry(&why);
+                    last_error = why;
+                    let next = backoff.map_or(interval.max(MIN_POLL) * 2, |b| b * 2);
+                    let next = next.min(MAX_BACKOFF);
+                    backoff = Some(next);
+                    next.max(interval)
+                }
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(timed_out(&last_error));
+            }
+            // Never sleep past the deadline.
+            std::thread::sleep(wait.max(MIN_POLL).min(deadline - now));
+            if Instant::now() >= deadline {
+                return Err(timed_out(&last_error));
+            }
+        }
+    }
+
+    /// One refresh attempt (RFC 6749 §6). Retries and the single-use lock are the caller's.
+    pub fn refresh(
+        &self,
+        refresh_token: &Secret,
+    ) -> std::result::Result<TokenResponse, RefreshError> {
+        let url = &self.token_url;
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose()),
+            ("client_id", self.client_id.as_str()),
+        ];
+        let reply = self.post(url, &form).map_err(RefreshError::Transient)?;
+        let status = reply.status;
+        let Some(json) = reply.json else {
+            return Err(RefreshError::Transient(format!(
+                "{url} answered HTTP {status} with a body that is not JSON"
+            )));
+        };
+        if status == 200 {
+            return TokenResponse::from_json(&json)
+                .map_err(|why| RefreshError::Transient(format!("{url} {why}")));
+        }
+        // RFC 6749 §5.2: the error response is 400 (401 for a failed client authentication)
+        // with an `error` code. Only the codes that say the grant is dead revoke the account;
+        // the service answers invalid_request "Invalid refresh token or client_id" for a
+        // dead refresh token (qwen-oauth.md).
+        match (status, error_code(&json).as_deref()) {
+            (400 | 401, Some(code @ ("invalid_grant" | "invalid_request"))) => {
+                Err(RefreshError::Dead(match description(&json) {
+                    Some(d) => format!("{code}: {d}"),
+                    None => code.to_string(),
+                }))
+            }
+            _ => Err(RefreshError::Transient(format!(
+                "{url} answered HTTP {status}{}",
+                error_note(&json)
+            ))),
+        }
+    }
+}
+
+impl TokenResponse {
+    /// Reads a token answer (RFC 6749 §5.1). `Err` says what was missing; a 200 without a
+    /// usable access token is the server's failure, not the user's.
+    pub fn from_json(json: &Value) -> std::result::Result<TokenResponse, String> {
+        let access_token = nonempty(json, "access_token").ok_or("returned no access_token")?;
+        let expires_in = json
+            .get("expires_in")
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            })
+            .filter(|&n| n > 0)
+            .ok_or("returned no valid expires_in")?;
+        Ok(TokenResponse {
+            access_token: Secret::new(access_token),
+            refresh_token: nonempty(json, "refresh_token").map(Secret::new),
+            token_type: nonempty(json, "token_type").unwrap_or_else(|| "Bearer".to_string()),
+            expires_in,
+            resource_url: nonempty(json, "resource_url"),
+            id_token: nonempty(json, "id_token").map(Secret::new),
+        })
+    }
+}
+
+fn parse_device_code(json: &Value) -> std::result::Result<DeviceCode, String> {
+    let device_code = nonempty(json, "device_code").ok_or("the answer has no device_code")?;
+    let complete = nonempty(json, "verification_uri_complete");
+    let verification_uri = nonempty(json, "verification_uri")
+        .or_else(|| complete.clone())
+        .ok_or("the answer has no verification_uri")?;
+    // These URLs are opened in a browser: only web URLs, nothing a shell or OS could run.
+    for uri in std::iter::once(&verification_uri).chain(complete.iter()) {
+        if !(uri.starts_with("https://") || uri.starts_with("http://")) || has_control(uri) {
+            return Err("the verification URL is not an http(s) URL".into());
+        }
+    }
+    let number = |key: &str| json.get(key).and_then(Value::as_u64);
+    Ok(DeviceCode {
+        device_code: Secret::new(device_code),
+        user_code: nonempty(json, "user_code").unwrap_or_default(),
+        verification_uri,
+        verification_uri_complete: complete,
+        // RFC 8628 §3.2 requires expires_in; when a server omits it, give the user 10 minutes.
+        expires_in: number("expires_in").filter(|&n| n > 0).unwrap_or(600),
+        interval: number("interval"),
+    })
+}
+
+fn timed_out(last_error: &str) -> Error {
+    let mut msg =
+        "timed out waiting for the browser approval; run `qwen-cred login` again".to_string();
+    if !last_error.is_empty() {
+        msg.push_str(&format!(" (last error: {last_error})"));
+    }
+    Error::Login(msg)
+}
+
+/// A non-empty string field.
+fn nonempty(json: &Value, key: &str) -> Option<String> {
+    json.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_string)
+}
+
+/// The OAuth `error` code of RFC 6749 §5.2.
+fn error_code(json: &Value) -> Option<String> {
+    nonempty(json, "error").map(|s| quote(&s))
+}
+
+fn description(json: &Value) -> Option<String> {
+    nonempty(json, "error_description").map(|s| quote(&s))
+}
+
+/// ": error: description" for a message, or nothing. Only these two fields are ever quoted
+/// from a body: the rest may carry tokens.
+fn error_note(json: &Value) -> String {
+    match (error_code(json), description(json)) {
+        (Some(e), Some(d)) => format!(": {e}: {d}"),
+        (Some(e), None) => format!(": {e}"),
+        (None, Some(d)) => format!(": {d}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// A server string made fit for a one-line message.
+fn quote(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_QUOTE)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// Accepts `https://` URLs, and `http://` only to a loopback host, which tests use
+/// (qwen-oauth.md). `Err` says why a URL is refused.
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    let url = url.trim();
+    if has_control(url) || url.contains(char::is_whitespace) {
+        return Err("the URL contains spaces or control characters".into());
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("the URL has no scheme; use https://".into());
+    };
+    if authority(rest).is_empty() {
+        return Err("the URL has no host".into());
+    }
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => Ok(()),
+        "http" if loopback_http(url) => Ok(()),
+        "http" => Err(
+            "plain http:// is allowed only to a loopback host (127.0.0.0/8, \
+             [::1], localhost); use https://"
+                .into(),
+        ),
+        _ => Err(format!(
+            "the scheme {scheme}:// is not supported; use https://"
+        )),
+    }
+}
+
+/// The host[:port] part after the scheme.
+fn authority(rest: &str) -> &str {
+    rest.split(['/', '?', '#']).next().unwrap_or_default()
+}
+
+/// Whether `url` is `http://` to 127.0.0.0/8, `[::1]` or `localhost`.
+fn loopback_http(url: &str) -> bool {
+    let Some((scheme, rest)) = url.trim().split_once("://") else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("http") {
+        return false;
+    }
+    let auth = authority(rest);
+    // Userinfo would let `http://127.0.0.1@evil.com` pass for loopback.
+    if auth.contains('@') {
+        return false;
+    }
+    let (host, port) = if let Some(v6) = auth.strip_prefix('[') {
+        let Some((host, after)) = v6.split_once(']') else {
+            return false;
+        };
+        let Some(port) = after.strip_prefix(':').or((after.is_empty()).then_some("")) else {
+            return false;
+        };
+        let Ok(ip) = host.parse::<std::net::Ipv6Addr>() else {
+            return false;
+        };
+        if !ip.is_loopback() {
+            return false;
+        }
+        (None, port)
+    } else {
+        match auth.split_once(':') {
+            Some((h, p)) => (Some(h), p),
+            None => (Some(auth), ""),
+        }
+    };
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    match host {
+        None => true,
+        Some(h) if h.eq_ignore_ascii_case("localhost") => true,
+        Some(h) => h
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+    }
+}
+
+/// A PKCE pair (RFC 7636 §4.1, §4.2): a 43-char verifier from 32 random bytes, and its S256
+/// challenge.
+pub fn pkce_pair() -> Result<(Secret, String)> {
+    let mut bytes = [0u8; 32];
+    // RFC 7636 §7.1: the verifier must come from a cryptographically random source.
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::Internal(format!("cannot read /dev/urandom for PKCE: {e}")))?;
+    let verifier = b64url_encode(&bytes);
+    let challenge = challenge_for(&verifier);
+    Ok((Secret::new(verifier), challenge))
+}
+
+/// RFC 7636 §4.2 S256: base64url-nopad(SHA-256(ASCII(verifier))).
+pub fn challenge_for(verifier: &str) -> String {
+    b64url_encode(&Sha256::digest(verifier.as_bytes()))
+}
+
+/// The `email` claim of an ID token, as a label only: no signature check.
+pub fn email_from_id_token(id_token: &Secret) -> Option<String> {
+    let payload = id_token.expose().split('.').nth(1)?;
+    let bytes = b64url_decode(payload)?;
+    let json: Value = serde_json::from_slice(&bytes).ok()?;
+    let email = json.get("email")?.as_str()?.trim();
+    (!email.is_empty() && !has_control(email)).then(|| email.to_string())
+}
+
+/// A short, stable name for an account without an email; 8 hex chars reveal nothing useful.
+pub fn fingerprint(refresh_token: &Secret) -> String {
+    Sha256::digest(refresh_token.expose().as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The OpenAI-compatible base URL from a token's `resource_url` (qwen-oauth.md "The API").
+pub fn api_base_url(resource_url: Option<&str>, default_resource_url: &str) -> String {
+    let raw = resource_url
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(default_resource_url.trim());
+    let mut url = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("https://{raw}")
+    };
+    while url.ends_with('/') {
+        url.pop();
+    }
+    if !url.ends_with("/v1") {
+        url.push_str("/v1");
+    }
+    url
+}
+
+/// The headers an integration should send with the API call, `Authorization` aside: clients
+/// without them were throttled below the published quota (qwen-oauth.md "The API").
+pub fn api_headers(version: &str) -> Vec<(&'static str, String)> {
+    let agent = format!("qwen-cred/{version}");
+    vec![
+        ("User-Agent", agent.clone()),
+        ("X-DashScope-CacheControl", "enable".to_string()),
+        ("X-DashScope-UserAgent", agent),
+        ("X-DashScope-AuthType", "qwen-oauth".to_string()),
+    ]
+}
+
+const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Base64url without padding (RFC 4648 §5), as PKCE wants it (RFC 7636 Appendix A).
+fn b64url_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(B64URL[(n >> (18 - 6 * i)) as usize & 63]));
+        }
+    }
+    out
+}
+
+/// Decodes base64url with or without padding; the standard alphabet's `+` and `/` are taken
+/// too, since JWT producers are not all strict.
+fn b64url_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    if text.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    fn vectors() -> Value {
+        let text = include_str!("../tests/vectors.json");
+        serde_json::from_str(text).expect("vectors.json parses")
+    }
+
+    #[test]
+    fn pkce_vector() {
+        for v in vectors()["pkce_s256"].as_array().expect("array") {
+            let verifier = v["code_verifier"].as_str().expect("verifier");
+            assert_eq!(
+                challenge_for(verifier),
+                v["code_challenge"].as_str().expect("c")
+            );
+        }
+    }
+
+    #[test]
+    fn pkce_pair_shape() {
+        let (verifier, challenge) = pkce_pair().expect("urandom");
+        assert_eq!(verifier.expose().len(), 43);
+        assert_eq!(challenge, challenge_for(verifier.expose()));
+        assert_ne!(pkce_pair().expect("urandom").0, verifier);
+    }
+
+    #[test]
+    fn base_url_vectors() {
+        for v in vectors()["base_url"].as_array().expect("array") {
+            let default = v["default_resource_url"]
+                .as_str()
+                .unwrap_or("portal.qwen.ai");
+            let got = api_base_url(v["resource_url"].as_str(), default);
+            assert_eq!(got, v["base_url"].as_str().expect("base_url"));
+        }
+        assert_eq!(api_base_url(Some("x.ai/v1/"), "d"), "https://x.ai/v1");
+        assert_eq!(api_base_url(Some(" "), "d.ai"), "https://d.ai/v1");
+    }
+
+    #[test]
+    fn base64url_round_trip() {
+        for len in 0..40 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 251) as u8).collect();
+            let text = b64url_encode(&data);
+            assert!(!text.contains(['=', '+', '/']));
+            assert_eq!(b64url_decode(&text), Some(data));
+        }
+        assert_eq!(b64url_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(b64url_encode(b"fo"), "Zm8");
+        assert_eq!(b64url_decode("Zm8="), Some(b"fo".to_vec()));
+        assert_eq!(b64url_decode("Z"), None);
+        assert_eq!(b64url_decode("Zm!="), None);
+    }
+
+    fn jwt(payload: &str, pad: bool) -> Secret {
+        let mut body = b64url_encode(payload.as_bytes());
+        while pad && !body.len().is_multiple_of(4) {
+            body.push('=');
+        }
+        Secret::new(format!("eyJhbGciOiJub25lIn0.{body}.sig"))
+    }
+
+    #[test]
+    fn email_from_jwt() {
+        let p = r#"{"sub":"12","email":"a@b.c"}"#;
+        assert_ne!(p.len() % 3, 0, "the padded case needs padding");
+        assert_eq!(
+            email_from_id_token(&jwt(p, false)).as_deref(),
+            Some("a@b.c")
+        );
+        assert_eq!(email_from_id_token(&jwt(p, true)).as_deref(), Some("a@b.c"));
+        assert_eq!(email_from_id_token(&jwt(r#"{"sub":"1"}"#, false)), None);
+        assert_eq!(email_from_id_token(&jwt(r#"{"email":""}"#, false)), None);
+        assert_eq!(email_from_id_token(&jwt("not json", false)), None);
+        assert_eq!(email_from_id_token(&Secret::new("garbage")), None);
+        assert_eq!(email_from_id_token(&Secret::new("a.!!!.c")), None);
+    }
+
+    #[test]
+    fn urls() {
+        for ok in [
+            "https://chat.qwen.ai",
+            "HTTPS://chat.qwen.ai/x",
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3/x",
+            "http://localhost",
+            "http://[::1]:9",
+            "http://[::1]",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://example.com",
+            "ftp://127.0.0.1",
+            "http://127.0.0.1.evil.com",
+            "http://127.0.0.1@evil.com",
+            "http://localhost.evil.com",
+            "http://[::2]:9",
+            "chat.qwen.ai",
+            "https://",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+        assert!(check_url("http://example.com")
+            .unwrap_err()
+            .contains("loopback"));
+    }
+
+    #[test]
+    fn fingerprint_is_short_and_stable() {
+        let t = Secret::new("refresh-1");
+        assert_eq!(fingerprint(&t).len(), 8);
+        assert!(fingerprint(&t).bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(fingerprint(&t), fingerprint(&Secret::new("refresh-1")));
+        assert_ne!(fingerprint(&t), fingerprint(&Secret::new("refresh-2")));
+    }
+
+    #[test]
+    fn token_response_parsing() {
+        let t = TokenResponse::from_json(&serde_json::json!({
+            "access_token": "at", "expires_in": 3600
+        }))
+        .expect("minimal answer");
+        assert_eq!(t.access_token.expose(), "at");
+        assert!(t.refresh_token.is_none() && t.resource_url.is_none() && t.id_token.is_none());
+        assert_eq!((t.token_type.as_str(), t.expires_in), ("Bearer", 3600));
+        let t = TokenResponse::from_json(&serde_json::json!({
+            "access_token": "at", "refresh_token": "rt", "token_type": "bearer",
+            "expires_in": "60", "resource_url": "portal.qwen.ai", "id_token": "x.y.z"
+        }))
+        .expect("full answer");
+        assert_eq!(t.refresh_token.as_ref().map(Secret::expose), Some("rt"));
+        assert_eq!(t.resource_url.as_deref(), Some("portal.qwen.ai"));
+        let missing = TokenResponse::from_json(&serde_json::json!({"expires_in": 60}));
+        assert!(missing.unwrap_err().contains("access_token"));
+        let no_expiry = TokenResponse::from_json(&serde_json::json!({"access_token": "a"}));
+        assert!(no_expiry.unwrap_err().contains("expires_in"));
+    }
+
+    #[test]
+    fn headers() {
+        let h = api_headers("1.2.3");
+        assert!(h.contains(&("User-Agent", "qwen-cred/1.2.3".into())));
+        assert!(h.contains(&("X-DashScope-UserAgent", "qwen-cred/1.2.3".into())));
+        assert!(h.contains(&("X-DashScope-AuthType", "qwen-oauth".into())));
+    }
+
+    /// A loopback server answering one canned response per connection, recording requests.
+    fn serve(responses: Vec<(u16, &'static str)>) -> (Client, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for (status, body) in responses {
+                let Ok((mut s, _)) = listener.accept() else {
+                    return;
+                };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break;
+                        }
+                    }
+                }
+                log.lock()
+                    .expect("log")
+                    .push(String::from_utf8_lossy(&req).to_string());
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let client = Client::new(&Settings {
+            oauth_base_url: base,
+            client_id: "cid".into(),
+            scope: "openid".into(),
+            http_timeout: Duration::from_secs(5),
+        })
+        .expect("client");
+        (client, seen)
+    }
+
+    const OK: &str = r#"{"access_token":"at2","refresh_token":"rt2","expires_in":3600}"#;
+
+    #[test]
+    fn refresh_outcomes() {
+        let (client, seen) = serve(vec![
+            (200, OK),
+            (
+                400,
+                r#"{"error":"invalid_request","error_description":"Invalid refresh token or client_id"}"#,
+            ),
+            (400, r#"{"error":"invalid_grant"}"#),
+            (500, r#"{"error":"server_error"}"#),
+            (200, "<html>hi</html>"),
+            (429, ""),
+            (403, r#"{"error":"forbidden"}"#),
+        ]);
+        let rt = Secret::new("rt-secret-1");
+        let t = client.refresh(&rt).expect("200");
+        assert_eq!(t.access_token.expose(), "at2");
+        match client.refresh(&rt) {
+            Err(RefreshError::Dead(why)) => {
+                assert_eq!(why, "invalid_request: Invalid refresh token or client_id")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(client.refresh(&rt), Err(RefreshError::Dead(w)) if w == "invalid_grant"));
+        for status in ["500", "200", "429", "403"] {
+            match client.refresh(&rt) {
+                Err(RefreshError::Transient(m)) => {
+                    assert!(
+                        m.contains(status) && m.contains("/api/v1/oauth2/token"),
+                        "{m}"
+                    );
+                    assert!(!m.contains("rt-secret-1"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let req = seen.lock().expect("log")[0].to_ascii_lowercase();
+        assert!(req.starts_with("post /api/v1/oauth2/token "));
+        assert!(req.contains("user-agent: qwen-cred/"));
+        assert!(req.contains("accept: application/json"));
+        assert!(req.contains("content-type: application/x-www-form-urlencoded"));
+        assert!(req.contains("grant_type=refresh_token"));
+        assert!(req.contains("refresh_token=rt-secret-1") && req.contains("client_id=cid"));
+    }
+
+    #[test]
+    fn poll_outcomes() {
+        let (client, seen) = serve(vec![
+            (400, r#"{"error":"authorization_pending"}"#),
+            (429, r#"{"error":"slow_down"}"#),
+            (400, r#"{"error":"slow_down"}"#),
+            (401, r#"{"error":"invalid_client"}"#),
+            (400, r#"{"error":"access_denied"}"#),
+            (503, "down"),
+        ]);
+        let (dc, v) = (Secret::new("dev-1"), Secret::new("ver-1"));
+        assert!(matches!(client.poll_device(&dc, &v), Ok(Poll::Pending)));
+        assert!(matches!(client.poll_device(&dc, &v), Ok(Poll::SlowDown)));
+        assert!(matches!(client.poll_device(&dc, &v), Ok(Poll::SlowDown)));
+        assert!(
+            matches!(client.poll_device(&dc, &v), Err(PollError::Fatal(m)) if m.contains("401"))
+        );
+        assert!(
+            matches!(client.poll_device(&dc, &v), Err(PollError::Fatal(m)) if m.contains("denied"))
+        );
+        assert!(matches!(
+            client.poll_device(&dc, &v),
+            Err(PollError::Transient(_))
+        ));
+        let req = seen.lock().expect("log")[0].clone();
+        assert!(req.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code"));
+        assert!(req.contains("device_code=dev-1") && req.contains("code_verifier=ver-1"));
+    }
+
+    #[test]
+    fn device_flow() {
+        let (client, seen) = serve(vec![
+            (
+                200,
+                r#"{"device_code":"dev-1","user_code":"AB-CD","verification_uri":"https://x/a","verification_uri_complete":"https://x/a?c=AB-CD","expires_in":900,"interval":0}"#,
+            ),
+            (400, r#"{"error":"authorization_pending"}"#),
+            (500, ""),
+            (200, OK),
+        ]);
+        let dc = client.device_code("chal").expect("device code");
+        assert_eq!(
+            (dc.user_code.as_str(), dc.expires_in, dc.interval),
+            ("AB-CD", 900, Some(0))
+        );
+        let mut notes = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let t = client
+            .device_login(&dc, &Secret::new("v"), deadline, &mut |m| {
+                notes.push(m.to_string())
+            })
+            .expect("login");
+        assert_eq!(
+            t.refresh_token.map(|s| s.expose().to_string()).as_deref(),
+            Some("rt2")
+        );
+        assert_eq!(notes.len(), 1);
+        let req = seen.lock().expect("log")[0].clone();
+        assert!(req.contains("code_challenge=chal") && req.contains("code_challenge_method=S256"));
+    }
+
+    #[test]
+    fn device_login_times_out() {
+        let (client, _) = serve(vec![(400, r#"{"error":"authorization_pending"}"#); 50]);
+        let dc = DeviceCode {
+            device_code: Secret::new("d"),
+            user_code: String::new(),
+            verification_uri: "https://x".into(),
+            verification_uri_complete: None,
+            expires_in: 1,
+            interval: Some(0),
+        };
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let err = client.device_login(&dc, &Secret::new("v"), deadline, &mut |_| {});
+        assert!(matches!(err, Err(Error::Login(m)) if m.contains("timed out")));
+        assert!(Instant::now() < deadline + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn big_body_is_refused() {
+        let big: &'static str = Box::leak("x".repeat(2 << 20).into_boxed_str());
+        let (client, _) = serve(vec![(200, big)]);
+        let r = client.refresh(&Secret::new("r"));
+        assert!(matches!(r, Err(RefreshError::Transient(m)) if m.contains("too large")));
+    }
+
+    #[test]
+    fn device_code_refused() {
+        let (client, _) = serve(vec![
+            (403, r#"{"error":"nope"}"#),
+            (200, r#"{"user_code":"x"}"#),
+        ]);
+        let e = client.device_code("c").expect_err("403");
+        assert!(
+            matches!(&e, Error::Login(m) if m.contains("403") && m.contains("nope")),
+            "{e}"
+        );
+        let e = client.device_code("c").expect_err("no device_code");
+        assert!(
+            matches!(&e, Error::Login(m) if m.contains("device_code")),
+            "{e}"
+        );
+    }
+}

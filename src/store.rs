@@ -1,0 +1,601 @@
+//! The account store `qwen-accounts.json`: its schema, validation with messages that name the
+//! field, unknown-field passthrough, and atomic 0600 writes (files.md). Callers hold the store
+//! lock (lock.rs) around every load-modify-save.
+
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+use serde_json::{Map, Value};
+
+pub const STORE_VERSION: &str = "1.0";
+pub const MAX_ACCOUNTS: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Revoked,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    pub id: String,
+    /// Empty when unknown; shown as a fingerprint then.
+    pub email: String,
+    pub access_token: Secret,
+    pub refresh_token: Secret,
+    pub token_type: String,
+    pub resource_url: Option<String>,
+    /// Unix ms.
+    pub expiry_date: i64,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub total_requests: u64,
+    /// Cooling down until this instant (Unix ms); past or `None` means not cooling down. Kept
+    /// after it passes: the backoff reset rule needs the end of the previous cooldown.
+    pub rate_limit_resets_at: Option<i64>,
+    pub is_primary: bool,
+    /// `quota`, `retry-after` or `backoff`.
+    pub rate_limit_reason: Option<String>,
+    pub consecutive_rate_limits: u32,
+    /// When the current cooldown was set (Unix ms): the 2 s idempotence window of report-429.
+    pub last_rate_limited_at: Option<i64>,
+    pub status: Status,
+    pub status_reason: Option<String>,
+    pub status_changed_at: Option<i64>,
+    /// Path of the Qwen CLI file this account was imported from (sync_qwen_cli).
+    pub linked_file: Option<String>,
+    /// Fields this version does not know, written back unchanged.
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Store {
+    pub version: String,
+    pub max_accounts: usize,
+    pub accounts: Vec<Account>,
+    pub current_account_id: Option<String>,
+    /// Tokens served in a row by the current account (hybrid strategy).
+    pub current_streak: u64,
+    /// Last time `token` started a background `refresh --due` (Unix ms).
+    pub last_background_refresh_at: Option<i64>,
+    pub extra: Map<String, Value>,
+}
+
+/// Reads one object's fields by name, removing each known one so that what is left is the
+/// passthrough `extra`; errors name the file and the field path.
+struct Fields<'a> {
+    map: Map<String, Value>,
+    at: String,
+    file: &'a Path,
+}
+
+impl Fields<'_> {
+    fn err(&self, key: &str, expected: &str) -> Error {
+        let sep = if self.at.is_empty() { "" } else { "." };
+        Error::File(format!(
+            "{}: {}{sep}{key}: expected {expected}",
+            self.file.display(),
+            self.at
+        ))
+    }
+
+    /// Missing -> `None`. `null` -> `None` only where `nullable`.
+    fn take(&mut self, key: &str, nullable: bool, expected: &str) -> Result<Option<Value>> {
+        match self.map.remove(key) {
+            None => Ok(None),
+            Some(Value::Null) if nullable => Ok(None),
+            Some(Value::Null) => Err(self.err(key, expected)),
+            Some(v) => Ok(Some(v)),
+        }
+    }
+
+    fn string(&mut self, key: &str, nullable: bool) -> Result<Option<String>> {
+        match self.take(key, nullable, "a string")? {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(self.err(key, "a string")),
+        }
+    }
+
+    fn required_string(&mut self, key: &str) -> Result<String> {
+        match self.string(key, false)? {
+            Some(s) if !s.is_empty() => Ok(s),
+            _ => Err(self.err(key, "a non-empty string")),
+        }
+    }
+
+    fn int(&mut self, key: &str, nullable: bool, max: i64, expected: &str) -> Result<Option<i64>> {
+        match self.take(key, nullable, expected)? {
+            None => Ok(None),
+            Some(v) => match v.as_i64() {
+                Some(n) if (0..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(self.err(key, expected)),
+            },
+        }
+    }
+
+    /// A Unix-ms time, 0 to the end of year 9999 (keeps every later sum from overflowing).
+    fn time(&mut self, key: &str, nullable: bool) -> Result<Option<i64>> {
+        const YEAR_9999: i64 = 253_402_300_799_999;
+        self.int(
+            key,
+            nullable,
+            YEAR_9999,
+            "a number (Unix time in milliseconds)",
+        )
+    }
+
+    fn bool(&mut self, key: &str) -> Result<Option<bool>> {
+        match self.take(key, false, "true or false")? {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(_) => Err(self.err(key, "true or false")),
+        }
+    }
+}
+
+use std::path::Path;
+
+impl Store {
+    pub fn empty() -> Store {
+        Store {
+            version: STORE_VERSION.to_string(),
+            max_accounts: MAX_ACCOUNTS,
+            accounts: Vec::new(),
+            current_account_id: None,
+            current_streak: 0,
+            last_background_refresh_at: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// Parses and validates the store's bytes; `file` only names the file in errors. Empty or
+    /// blank input is an empty pool.
+    pub fn parse(bytes: &[u8], file: &Path) -> Result<Store> {
+        let name = file.display();
+        if bytes.starts_with(b"\xEF\xBB\xBF") {
+            return Err(Error::File(format!(
+                "{name}: starts with a UTF-8 byte order mark; remove it (qwen-cred writes plain UTF-8 JSON)"
+            )));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            Error::File(format!(
+                "{name}: not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ))
+        })?;
+        if text.trim().is_empty() {
+            return Ok(Store::empty());
+        }
+        let map = match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err(Error::File(format!("{name}: expected a JSON object"))),
+            Err(e) => return Err(Error::File(format!("{name}: not valid JSON: {e}"))),
+        };
+        let mut f = Fields {
+            map,
+            at: String::new(),
+            file,
+        };
+        let version = f
+            .string("version", false)?
+            .unwrap_or_else(|| STORE_VERSION.to_string());
+        let major = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u64>().ok());
+        match major {
+            Some(1) => {}
+            Some(m) if m > 1 => {
+                return Err(Error::File(format!(
+                    "{name}: version \"{version}\" is newer than this qwen-cred understands (1.x); upgrade qwen-cred"
+                )))
+            }
+            _ => return Err(f.err("version", "a version string like \"1.0\"")),
+        }
+        let max_accounts = f
+            .int(
+                "max_accounts",
+                false,
+                MAX_ACCOUNTS as i64,
+                "a number from 1 to 10",
+            )?
+            .unwrap_or(MAX_ACCOUNTS as i64) as usize;
+        if max_accounts == 0 {
+            return Err(f.err("max_accounts", "a number from 1 to 10"));
+        }
+        let list = match f.take("accounts", false, "an array")? {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a,
+            Some(_) => return Err(f.err("accounts", "an array")),
+        };
+        let mut accounts: Vec<Account> = Vec::with_capacity(list.len());
+        for (i, v) in list.into_iter().enumerate() {
+            let Value::Object(map) = v else {
+                return Err(Error::File(format!(
+                    "{name}: accounts[{i}]: expected an object"
+                )));
+            };
+            let a = Account::parse(Fields {
+                map,
+                at: format!("accounts[{i}]"),
+                file,
+            })?;
+            if accounts.iter().any(|b| b.id == a.id) {
+                return Err(Error::File(format!(
+                    "{name}: accounts[{i}].id: duplicate id \"{}\"",
+                    a.id
+                )));
+            }
+            accounts.push(a);
+        }
+        if accounts.len() > max_accounts {
+            return Err(Error::File(format!(
+                "{name}: {} accounts but max_accounts is {max_accounts}; remove some with qwen-cred remove",
+                accounts.len()
+            )));
+        }
+        let current_account_id = f.string("current_account_id", true)?;
+        let current_streak = f
+            .int("current_streak", false, i64::MAX, "a non-negative integer")?
+            .unwrap_or(0) as u64;
+        let last_background_refresh_at = f.time("last_background_refresh_at", true)?;
+        Ok(Store {
+            version,
+            max_accounts,
+            accounts,
+            current_account_id,
+            current_streak,
+            last_background_refresh_at,
+            extra: f.map,
+        })
+    }
+
+    /// The store as JSON: known fields first, unknown ones after, unchanged.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut m = Map::new();
+        m.insert("version".into(), self.version.clone().into());
+        m.insert("max_accounts".into(), self.max_accounts.into());
+        m.insert(
+            "accounts".into(),
+            Value::Array(self.accounts.iter().map(Account::to_value).collect()),
+        );
+        m.insert(
+            "current_account_id".into(),
+            self.current_account_id.clone().into(),
+        );
+        if self.current_streak != 0 {
+            m.insert("current_streak".into(), self.current_streak.into());
+        }
+        if let Some(t) = self.last_background_refresh_at {
+            m.insert("last_background_refresh_at".into(), t.into());
+        }
+        m.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut out = serde_json::to_vec_pretty(&Value::Object(m)).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// Finds an account by id, or by email when that is unambiguous.
+    pub fn find(&self, id: &str) -> Result<usize> {
+        if let Some(i) = self.accounts.iter().position(|a| a.id == id) {
+            return Ok(i);
+        }
+        let by_email: Vec<usize> = (0..self.accounts.len())
+            .filter(|&i| !id.is_empty() && self.accounts[i].email == id)
+            .collect();
+        match by_email[..] {
+            [i] => Ok(i),
+            [] => Err(Error::Usage(format!(
+                "no account \"{id}\"; accounts: {}",
+                self.summary()
+            ))),
+            _ => Err(Error::Usage(format!(
+                "\"{id}\" matches several accounts; use the id: {}",
+                self.summary()
+            ))),
+        }
+    }
+
+    /// `1 a@example.com, 2 (fp 1a2b3c4d)`: how accounts are named in messages.
+    pub fn summary(&self) -> String {
+        if self.accounts.is_empty() {
+            return "none".into();
+        }
+        self.accounts
+            .iter()
+            .map(|a| format!("{} {}", a.id, a.label()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The id for a new account: largest numeric id + 1.
+    pub fn next_id(&self) -> String {
+        let max = self
+            .accounts
+            .iter()
+            .filter_map(|a| a.id.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        (max + 1).to_string()
+    }
+
+    /// Adds an account, refusing the one past `max_accounts` (exit 2) with the way out.
+    pub fn add(&mut self, mut a: Account) -> Result<usize> {
+        if self.accounts.len() >= self.max_accounts {
+            return Err(self.full_error());
+        }
+        a.id = self.next_id();
+        a.is_primary = self.accounts.is_empty();
+        if self.current_account_id.is_none() {
+            self.current_account_id = Some(a.id.clone());
+        }
+        self.accounts.push(a);
+        Ok(self.accounts.len() - 1)
+    }
+
+    pub fn full_error(&self) -> Error {
+        Error::Usage(format!(
+            "the pool is full ({} of {} accounts: {}); replace one with `qwen-cred login --replace ID`, start over with `qwen-cred login --fresh`, or remove one with `qwen-cred remove ID`",
+            self.accounts.len(),
+            self.max_accounts,
+            self.summary()
+        ))
+    }
+
+    /// Removes the account at `idx`, moving `current` to the next one in store order.
+    pub fn remove_at(&mut self, idx: usize) -> Account {
+        let a = self.accounts.remove(idx);
+        if self.current_account_id.as_deref() == Some(&a.id) {
+            self.current_account_id = self
+                .accounts
+                .get(idx)
+                .or_else(|| self.accounts.first())
+                .map(|b| b.id.clone());
+            self.current_streak = 0;
+        }
+        a
+    }
+
+    pub fn index_by_refresh_token(&self, rt: &Secret) -> Option<usize> {
+        self.accounts.iter().position(|a| a.refresh_token == *rt)
+    }
+}
+
+impl Account {
+    /// A fresh account from a token grant; id and is_primary are set by `Store::add`.
+    pub fn new(access: Secret, refresh: Secret, expiry_date: i64, now: i64) -> Account {
+        Account {
+            id: String::new(),
+            email: String::new(),
+            access_token: access,
+            refresh_token: refresh,
+            token_type: "Bearer".into(),
+            resource_url: None,
+            expiry_date,
+            created_at: now,
+            last_used_at: None,
+            total_requests: 0,
+            rate_limit_resets_at: None,
+            is_primary: false,
+            rate_limit_reason: None,
+            consecutive_rate_limits: 0,
+            last_rate_limited_at: None,
+            status: Status::Active,
+            status_reason: None,
+            status_changed_at: None,
+            linked_file: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// The email, else a fingerprint of the refresh token (never the token).
+    pub fn label(&self) -> String {
+        if self.email.is_empty() {
+            format!("(fp {})", crate::oauth::fingerprint(&self.refresh_token))
+        } else {
+            self.email.clone()
+        }
+    }
+
+    fn parse(mut f: Fields) -> Result<Account> {
+        let id = f.required_string("id")?;
+        let email = f.string("email", true)?.unwrap_or_default();
+        let access_token = Secret::new(f.required_string("access_token")?);
+        let refresh_token = Secret::new(f.required_string("refresh_token")?);
+        let token_type = f
+            .string("token_type", true)?
+            .unwrap_or_else(|| "Bearer".into());
+        let resource_url = f.string("resource_url", true)?.filter(|s| !s.is_empty());
+        let expiry_date = f
+            .time("expiry_date", false)?
+            .ok_or_else(|| f.err("expiry_date", "a number (Unix time in milliseconds)"))?;
+        let created_at = f.time("created_at", true)?.unwrap_or(0);
+        let last_used_at = f.time("last_used_at", true)?;
+        let total_requests = f
+            .int("total_requests", false, i64::MAX, "a non-negative integer")?
+            .unwrap_or(0) as u64;
+        let rate_limit_resets_at = f.time("rate_limit_resets_at", true)?;
+        let is_primary = f.bool("is_primary")?.unwrap_or(false);
+        let rate_limit_reason = f.string("rate_limit_reason", true)?;
+        let consecutive_rate_limits = f
+            .int(
+                "consecutive_rate_limits",
+                false,
+                u32::MAX as i64,
+                "a non-negative integer",
+            )?
+            .unwrap_or(0) as u32;
+        let last_rate_limited_at = f.time("last_rate_limited_at", true)?;
+        let status = match f.string("status", false)?.as_deref() {
+            None | Some("active") => Status::Active,
+            Some("revoked") => Status::Revoked,
+            Some(_) => return Err(f.err("status", "\"active\" or \"revoked\"")),
+        };
+        let status_reason = f.string("status_reason", true)?;
+        let status_changed_at = f.time("status_changed_at", true)?;
+        let linked_file = f.string("linked_file", true)?;
+        Ok(Account {
+            id,
+            email,
+            access_token,
+            refresh_token,
+            token_type,
+            resource_url,
+            expiry_date,
+            created_at,
+            last_used_at,
+            total_requests,
+            rate_limit_resets_at,
+            is_primary,
+            rate_limit_reason,
+            consecutive_rate_limits,
+            last_rate_limited_at,
+            status,
+            status_reason,
+            status_changed_at,
+            linked_file,
+            extra: f.map,
+        })
+    }
+
+    fn to_value(&self) -> Value {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Value| {
+            m.insert(k.to_string(), v);
+        };
+        put("id", self.id.clone().into());
+        put("email", self.email.clone().into());
+        put("access_token", self.access_token.expose().into());
+        put("refresh_token", self.refresh_token.expose().into());
+        put("token_type", self.token_type.clone().into());
+        put("resource_url", self.resource_url.clone().into());
+        put("expiry_date", self.expiry_date.into());
+        put("created_at", self.created_at.into());
+        put("last_used_at", self.last_used_at.into());
+        put("total_requests", self.total_requests.into());
+        put("rate_limit_resets_at", self.rate_limit_resets_at.into());
+        put("is_primary", self.is_primary.into());
+        // Fields added by qwen-cred: written only when set, so the seed format stays plain.
+        if let Some(r) = &self.rate_limit_reason {
+            put("rate_limit_reason", r.clone().into());
+        }
+        if self.consecutive_rate_limits != 0 {
+            put(
+                "consecutive_rate_limits",
+                self.consecutive_rate_limits.into(),
+            );
+        }
+        if let Some(t) = self.last_rate_limited_at {
+            put("last_rate_limited_at", t.into());
+        }
+        if self.status == Status::Revoked {
+            put("status", "revoked".into());
+        }
+        if let Some(r) = &self.status_reason {
+            put("status_reason", r.clone().into());
+        }
+        if let Some(t) = self.status_changed_at {
+            put("status_changed_at", t.into());
+        }
+        if let Some(l) = &self.linked_file {
+            put("linked_file", l.clone().into());
+        }
+        m.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Value::Object(m)
+    }
+}
+
+/// Loads the store at `path`; missing means empty. A group- or world-readable store is
+/// tightened to 0600 with a notice. Refuses a symlink or a directory: an atomic rename would
+/// replace the link rather than write through it.
+pub fn load(path: &Path) -> Result<Store> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Store::empty()),
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(Error::File(format!(
+            "{}: is a symbolic link; qwen-cred replaces its store atomically and would break the link. Replace it with the file itself",
+            path.display()
+        )));
+    }
+    if !meta.is_file() {
+        return Err(Error::File(format!(
+            "{}: is not a regular file",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let store = Store::parse(&bytes, path)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io("cannot tighten permissions of", path, e))?;
+        crate::msg::warn(&format!(
+            "{} was readable by others; its mode is now 0600",
+            path.display()
+        ));
+    }
+    Ok(store)
+}
+
+/// Writes the store atomically. The caller holds the store lock and has re-read the file
+/// under it (files.md, Writing).
+pub fn save(path: &Path, store: &Store) -> Result<()> {
+    write_atomic(path, &store.to_json())
+}
+
+/// Creates a directory (and missing parents) with mode 0700.
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("cannot create directory", dir, e))
+}
+
+/// Temp file in the same directory, 0600 from creation, fsync, rename, fsync the directory:
+/// a crash at any instant leaves the old file or the new one, whole. Temp files left by an
+/// earlier crash are removed first (callers hold the lock for `path`, so none is in use).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".{name}.tmp-");
+    ensure_dir(dir)?;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let tmp = dir.join(format!("{prefix}{}", std::process::id()));
+    let fail = |what: &str, e: std::io::Error| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(what, &tmp, e)
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io("cannot create", &tmp, e))?;
+    f.write_all(bytes).map_err(|e| fail("cannot write", e))?;
+    f.sync_all().map_err(|e| fail("cannot sync", e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| fail("cannot replace", e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Integration tests: each drives the real binary in a hermetic temp environment; those that
+//! need the Qwen service talk to the mock in `util::mock` on 127.0.0.1.
+
+mod util;
+
+mod core;

@@ -1,0 +1,1262 @@
+//! A mock of the Qwen OAuth service and its OpenAI-compatible API for integration tests
+//! (protocol: spec/qwen-oauth.md).
+//!
+//! A plain `std::net` HTTP/1.1 server: one accept thread, one thread per connection, one
+//! response per connection (`Connection: close`) so there is no keep-alive state to get wrong.
+//! Every state change notifies the condvar, so tests wait for events with [`Mock::wait_until`]
+//! instead of sleeping.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// The official client id, which the mock expects unless told otherwise.
+pub const CLIENT_ID: &str = "f0304373b74a44d2b584a3fb70ca9e56";
+pub const SCOPE: &str = "openid profile email model.completion";
+pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// What the real service says about a dead refresh token.
+pub const DEAD_REFRESH: &str = "Invalid refresh token or client_id";
+pub const QUOTA_BODY: &str = r#"{"error":{"code":"insufficient_quota","message":"Free allocated quota exceeded.","type":"insufficient_quota"}}"#;
+pub const EXPIRED_BODY: &str =
+    r#"{"error":{"code":"invalid_api_key","message":"invalid access token or token expired"}}"#;
+pub const RATE_LIMIT_BODY: &str = r#"{"error":{"code":"rate_limit_exceeded","message":"Requests rate limit exceeded, please try again later.","type":"rate_limit_exceeded"}}"#;
+
+/// Just over ureq's default 10 MiB body limit, so a client without its own limit still fails.
+const HUGE_LEN: usize = 10 * 1024 * 1024;
+/// Bounds a silent client; Drop does not rely on it (it shuts the sockets down).
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// How one device session answers its polls. Poll numbers start at 1.
+#[derive(Clone, Debug)]
+pub struct Approval {
+    /// Polls answered `authorization_pending` before the outcome.
+    pub pending_polls: u32,
+    /// Answer `slow_down` on this poll number (it counts as one of the pending polls).
+    pub slow_down_at: Option<u32>,
+    /// 400 or 429: the service has been seen to use both for `slow_down`.
+    pub slow_down_status: u16,
+    pub outcome: Outcome,
+    /// Device code lifetime, `expires_in` of the device-code response.
+    pub expires_in: u64,
+    /// `interval` of the device-code response; None omits the field.
+    pub interval: Option<u64>,
+}
+
+impl Default for Approval {
+    fn default() -> Self {
+        Approval {
+            pending_polls: 0,
+            slow_down_at: None,
+            slow_down_status: 400,
+            outcome: Outcome::Approve {
+                email: None,
+                expires_in: 3600,
+                resource_url: None,
+            },
+            expires_in: 300,
+            interval: Some(0),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// Issue a new account. `email` goes into an unsigned JWT `id_token`.
+    Approve {
+        email: Option<String>,
+        expires_in: u64,
+        resource_url: Option<String>,
+    },
+    /// 400 `access_denied`.
+    Deny,
+    /// 400 `expired_token`.
+    Expire,
+    /// `authorization_pending` forever.
+    Never,
+}
+
+/// A misbehaviour of the OAuth endpoints (`/api/v1/oauth2/*`).
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// This status with a short text body.
+    Status(u16),
+    /// 200 with an HTML page.
+    Html,
+    /// 200 `application/json` that is not JSON.
+    Garbage,
+    /// 200 `{"token_type":"Bearer"}`.
+    NoAccessToken,
+    /// 200 with a body over 10 MiB.
+    Huge,
+    /// Close the connection without answering.
+    Reset,
+    /// Never answer (until the mock drops), so the client times out.
+    Hang,
+    /// Answer normally after this delay.
+    Delay(Duration),
+}
+
+/// A scripted answer of the chat API for one request of one account.
+#[derive(Clone, Debug)]
+pub enum ApiReply {
+    /// The normal answer (counts against the quota).
+    Ok,
+    /// 429 with a generic rate-limit body and this `Retry-After` value, if any.
+    RateLimited { retry_after: Option<String> },
+    /// 429 with the `insufficient_quota` body.
+    QuotaExceeded,
+    /// 401 `invalid_api_key`.
+    Unauthorized,
+    /// Anything else, e.g. 403 with the text `Free allocated quota exceeded.`.
+    Status {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+}
+
+/// One request as the mock received it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    /// Without the query string.
+    pub path: String,
+    pub query: String,
+    /// Names as sent; use [`Request::header`] to look up case-insensitively.
+    pub headers: Vec<(String, String)>,
+    /// Decoded `application/x-www-form-urlencoded` fields, empty for other bodies.
+    pub form: Vec<(String, String)>,
+    pub body: String,
+    pub at: Instant,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn is_refresh(&self) -> bool {
+        self.path == "/api/v1/oauth2/token" && self.field("grant_type") == Some("refresh_token")
+    }
+
+    pub fn is_device_poll(&self) -> bool {
+        self.path == "/api/v1/oauth2/token" && self.field("grant_type") == Some(DEVICE_GRANT)
+    }
+}
+
+/// An account the mock issued (device flow) or was given ([`Mock::add_account`]).
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub account: u64,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub email: Option<String>,
+}
+
+/// Everything the mock recorded; the public fields are what tests may wait on.
+#[derive(Debug)]
+pub struct State {
+    pub requests: Vec<Request>,
+    /// Arrival time of every device-code token poll, to check the interval.
+    pub polls: Vec<Instant>,
+    pub issued: Vec<Issued>,
+    /// Refresh requests per refresh token that reached the refresh handler (not faulted).
+    pub refresh_started: HashMap<String, u32>,
+    pub refresh_finished: HashMap<String, u32>,
+    pub max_concurrent_same_refresh: u32,
+    /// Refresh requests answered 400 (dead, unknown or wrong client).
+    pub bad_refreshes: u32,
+    /// Chat requests answered 200, per account.
+    pub api_ok: HashMap<u64, u32>,
+
+    client_id: String,
+    rotate_refresh: bool,
+    always_return_refresh: bool,
+    refresh_resource_url: Option<String>,
+    refresh_expires_in: u64,
+    refresh_delay: Duration,
+    quota: Option<u32>,
+    approvals: VecDeque<Approval>,
+    sessions: HashMap<String, Session>,
+    refresh_tokens: HashMap<String, RefreshEntry>,
+    access_tokens: HashMap<String, AccessEntry>,
+    api_scripts: HashMap<u64, VecDeque<ApiReply>>,
+    faults: VecDeque<Fault>,
+    sticky_fault: Option<Fault>,
+    held: HashSet<String>,
+    in_flight: HashMap<String, u32>,
+    next_account: u64,
+    seq: u64,
+    shutdown: bool,
+    conns: HashMap<u64, TcpStream>,
+    base_url: String,
+}
+
+impl State {
+    pub fn started(&self, refresh_token: &str) -> u32 {
+        self.refresh_started
+            .get(refresh_token)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn finished(&self, refresh_token: &str) -> u32 {
+        self.refresh_finished
+            .get(refresh_token)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn count_refreshes(&self) -> usize {
+        self.requests.iter().filter(|r| r.is_refresh()).count()
+    }
+
+    pub fn count_path(&self, path: &str) -> usize {
+        self.requests.iter().filter(|r| r.path == path).count()
+    }
+
+    fn new(base_url: String) -> State {
+        State {
+            requests: Vec::new(),
+            polls: Vec::new(),
+            issued: Vec::new(),
+            refresh_started: HashMap::new(),
+            refresh_finished: HashMap::new(),
+            max_concurrent_same_refresh: 0,
+            bad_refreshes: 0,
+            api_ok: HashMap::new(),
+            client_id: CLIENT_ID.to_string(),
+            rotate_refresh: false,
+            always_return_refresh: false,
+            refresh_resource_url: None,
+            refresh_expires_in: 3600,
+            refresh_delay: Duration::ZERO,
+            quota: None,
+            approvals: VecDeque::new(),
+            sessions: HashMap::new(),
+            refresh_tokens: HashMap::new(),
+            access_tokens: HashMap::new(),
+            api_scripts: HashMap::new(),
+            faults: VecDeque::new(),
+            sticky_fault: None,
+            held: HashSet::new(),
+            in_flight: HashMap::new(),
+            next_account: 0,
+            seq: 0,
+            shutdown: false,
+            conns: HashMap::new(),
+            base_url,
+        }
+    }
+
+    /// Unique and unguessable enough for tests, without a rand dependency.
+    fn rand_hex(&mut self) -> String {
+        self.seq += 1;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let digest = Sha256::digest(format!("{}:{}:{}", self.seq, nanos, std::process::id()));
+        digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn new_access(&mut self, account: u64, expires_in: u64) -> String {
+        let token = format!("at-{account}-{}", self.rand_hex());
+        let expires_at = Instant::now() + Duration::from_secs(expires_in);
+        self.access_tokens.insert(
+            token.clone(),
+            AccessEntry {
+                account,
+                expires_at,
+            },
+        );
+        token
+    }
+
+    fn new_refresh(&mut self, account: u64) -> String {
+        let token = format!("rt-{account}-{}", self.rand_hex());
+        self.refresh_tokens.insert(
+            token.clone(),
+            RefreshEntry {
+                account,
+                live: true,
+            },
+        );
+        token
+    }
+
+    fn new_account(&mut self, email: Option<String>, expires_in: u64) -> Issued {
+        self.next_account += 1;
+        let account = self.next_account;
+        let issued = Issued {
+            account,
+            access_token: self.new_access(account, expires_in),
+            refresh_token: self.new_refresh(account),
+            email,
+        };
+        self.issued.push(issued.clone());
+        issued
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    challenge: String,
+    approval: Approval,
+    polls: u32,
+    done: bool,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct RefreshEntry {
+    account: u64,
+    live: bool,
+}
+
+#[derive(Debug)]
+struct AccessEntry {
+    account: u64,
+    expires_at: Instant,
+}
+
+type Shared = Arc<(Mutex<State>, Condvar)>;
+
+/// Locks even after a panicking test closure poisoned the mutex, so Drop still works.
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The running mock server; dropping it stops it.
+pub struct Mock {
+    shared: Shared,
+    addr: SocketAddr,
+    base_url: String,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Mock {
+    pub fn start() -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("mock: bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("mock: local_addr");
+        let base_url = format!("http://{addr}");
+        let shared: Shared = Arc::new((Mutex::new(State::new(base_url.clone())), Condvar::new()));
+        let for_thread = Arc::clone(&shared);
+        let accept = thread::Builder::new()
+            .name("mock-accept".into())
+            .spawn(move || accept_loop(listener, for_thread))
+            .expect("mock: spawn accept thread");
+        Mock {
+            shared,
+            addr,
+            base_url,
+            accept: Some(accept),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`; also the `resource_url` to point a client's API calls here.
+    pub fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// Runs `f` on the state under the lock and notifies waiters.
+    fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let r = f(&mut lock(&self.shared));
+        self.shared.1.notify_all();
+        r
+    }
+
+    /// Reads the state under the lock.
+    pub fn state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&lock(&self.shared))
+    }
+
+    /// Waits until `f` holds; false on timeout.
+    pub fn wait_until(&self, timeout: Duration, mut f: impl FnMut(&State) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&self.shared);
+        loop {
+            if f(&st) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = match self.shared.1.wait_timeout(st, deadline - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    // --- device flow ---
+
+    /// A default approval that approves at once, with `email` and `resource_url` = this mock.
+    pub fn approval(&self, email: Option<&str>) -> Approval {
+        Approval {
+            outcome: Outcome::Approve {
+                email: email.map(str::to_string),
+                expires_in: 3600,
+                resource_url: Some(self.base_url()),
+            },
+            ..Approval::default()
+        }
+    }
+
+    /// Scripts the next device session. With none queued, sessions approve at once with no
+    /// email and `resource_url` = this mock.
+    pub fn push_approval(&self, approval: Approval) {
+        self.update(|s| s.approvals.push_back(approval));
+    }
+
+    pub fn set_client_id(&self, client_id: &str) {
+        self.update(|s| s.client_id = client_id.to_string());
+    }
+
+    // --- refresh ---
+
+    pub fn set_rotate_refresh(&self, on: bool) {
+        self.update(|s| s.rotate_refresh = on);
+    }
+
+    /// Return the (unchanged) refresh token even without rotation.
+    pub fn set_always_return_refresh(&self, on: bool) {
+        self.update(|s| s.always_return_refresh = on);
+    }
+
+    pub fn set_refresh_resource_url(&self, url: Option<&str>) {
+        self.update(|s| s.refresh_resource_url = url.map(str::to_string));
+    }
+
+    /// Lifetime of access tokens issued by refresh (default 3600 s).
+    pub fn set_refresh_expires_in(&self, secs: u64) {
+        self.update(|s| s.refresh_expires_in = secs);
+    }
+
+    /// Keeps every refresh in flight this long, to widen race windows.
+    pub fn set_refresh_delay(&self, delay: Duration) {
+        self.update(|s| s.refresh_delay = delay);
+    }
+
+    /// Blocks refreshes with this token (after `refresh_started` counts them) until released.
+    pub fn hold_refresh(&self, refresh_token: &str) {
+        self.update(|s| s.held.insert(refresh_token.to_string()));
+    }
+
+    pub fn release_refresh(&self, refresh_token: &str) {
+        self.update(|s| s.held.remove(refresh_token));
+    }
+
+    // --- accounts ---
+
+    /// Registers a live account without the device flow; returns its account number.
+    /// The access token lives for the refresh lifetime (default 3600 s).
+    pub fn add_account(&self, refresh_token: &str, access_token: &str) -> u64 {
+        self.update(|s| {
+            s.next_account += 1;
+            let account = s.next_account;
+            let expires_at = Instant::now() + Duration::from_secs(s.refresh_expires_in);
+            s.refresh_tokens.insert(
+                refresh_token.to_string(),
+                RefreshEntry {
+                    account,
+                    live: true,
+                },
+            );
+            s.access_tokens.insert(
+                access_token.to_string(),
+                AccessEntry {
+                    account,
+                    expires_at,
+                },
+            );
+            s.issued.push(Issued {
+                account,
+                access_token: access_token.to_string(),
+                refresh_token: refresh_token.to_string(),
+                email: None,
+            });
+            account
+        })
+    }
+
+    /// Makes the API answer 401 for this access token from now on.
+    pub fn expire_access(&self, access_token: &str) {
+        self.update(|s| {
+            if let Some(e) = s.access_tokens.get_mut(access_token) {
+                e.expires_at = Instant::now();
+            }
+        });
+    }
+
+    /// Kills a refresh token, as if revoked on the server.
+    pub fn revoke_refresh(&self, refresh_token: &str) {
+        self.update(|s| {
+            if let Some(e) = s.refresh_tokens.get_mut(refresh_token) {
+                e.live = false;
+            }
+        });
+    }
+
+    /// The account number of an access or refresh token the mock knows.
+    pub fn account_of(&self, token: &str) -> Option<u64> {
+        self.state(|s| {
+            s.access_tokens
+                .get(token)
+                .map(|e| e.account)
+                .or_else(|| s.refresh_tokens.get(token).map(|e| e.account))
+        })
+    }
+
+    pub fn is_live_refresh(&self, refresh_token: &str) -> bool {
+        self.state(|s| s.refresh_tokens.get(refresh_token).is_some_and(|e| e.live))
+    }
+
+    // --- API ---
+
+    /// Each account answers 200 this many times, then 429 `insufficient_quota`.
+    pub fn set_quota_per_account(&self, quota: Option<u32>) {
+        self.update(|s| s.quota = quota);
+    }
+
+    /// Queues a scripted answer for the next chat request of this account.
+    pub fn api_script_for(&self, account: u64, reply: ApiReply) {
+        self.update(|s| s.api_scripts.entry(account).or_default().push_back(reply));
+    }
+
+    // --- faults ---
+
+    /// Queues a fault for the next `/api/v1/oauth2/*` request.
+    pub fn push_fault(&self, fault: Fault) {
+        self.update(|s| s.faults.push_back(fault));
+    }
+
+    /// A fault for every `/api/v1/oauth2/*` request (after queued ones) until cleared.
+    pub fn set_sticky_fault(&self, fault: Option<Fault>) {
+        self.update(|s| s.sticky_fault = fault);
+    }
+
+    // --- log ---
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.state(|s| s.requests.clone())
+    }
+
+    /// Refresh requests received, faulted ones included.
+    pub fn count_refreshes(&self) -> usize {
+        self.state(State::count_refreshes)
+    }
+
+    pub fn count_path(&self, path: &str) -> usize {
+        self.state(|s| s.count_path(path))
+    }
+
+    pub fn polls(&self) -> Vec<Instant> {
+        self.state(|s| s.polls.clone())
+    }
+
+    pub fn bad_refreshes(&self) -> u32 {
+        self.state(|s| s.bad_refreshes)
+    }
+
+    pub fn max_concurrent_same_refresh(&self) -> u32 {
+        self.state(|s| s.max_concurrent_same_refresh)
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.update(|s| {
+            s.shutdown = true;
+            s.held.clear();
+            // Unblocks connection threads stuck reading from or writing to a client.
+            for (_, conn) in s.conns.drain() {
+                let _ = conn.shutdown(Shutdown::Both);
+            }
+        });
+        // Wakes the accept thread, which then sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(handle) = self.accept.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Shared) {
+    let mut handles: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_id = 0u64;
+    loop {
+        let accepted = listener.accept();
+        // Registering under the lock that Drop takes means no connection escapes shutdown.
+        let mut st = lock(&shared);
+        if st.shutdown {
+            break;
+        }
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(_) => continue,
+        };
+        let Ok(clone) = stream.try_clone() else {
+            continue;
+        };
+        next_id += 1;
+        let id = next_id;
+        st.conns.insert(id, clone);
+        drop(st);
+        handles.retain(|h| !h.is_finished());
+        let shared = Arc::clone(&shared);
+        let spawned = thread::Builder::new()
+            .name("mock-conn".into())
+            .spawn(move || serve(stream, &shared, id));
+        if let Ok(h) = spawned {
+            handles.push(h);
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn json(status: u16, body: &Value) -> Response {
+        Response::raw(status, "application/json", body.to_string())
+    }
+
+    fn raw(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    fn error(status: u16, error: &str) -> Response {
+        Response::json(status, &json!({ "error": error }))
+    }
+}
+
+fn serve(stream: TcpStream, shared: &Shared, id: u64) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    if let Ok(Some(req)) = read_request(&stream) {
+        {
+            let mut st = lock(shared);
+            st.requests.push(req.clone());
+        }
+        shared.1.notify_all();
+        if let Some(resp) = route(shared, &req) {
+            let _ = write_response(&stream, &resp);
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    lock(shared).conns.remove(&id);
+}
+
+fn read_request(stream: &TcpStream) -> io::Result<Option<Request>> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    if read_line(&mut reader, &mut line)? == 0 {
+        return Ok(None);
+    }
+    let at = Instant::now();
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (target.clone(), String::new()),
+    };
+    let mut headers = Vec::new();
+    let mut head_len = line.len();
+    loop {
+        line.clear();
+        let n = read_line(&mut reader, &mut line)?;
+        head_len += n;
+        if n == 0 || head_len > MAX_HEAD {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad head"));
+        }
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    if header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+        let mut w = stream;
+        w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    let chunked =
+        header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        read_chunked(&mut reader)?
+    } else {
+        let len: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if len > MAX_BODY {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "body too large"));
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body)?;
+        body
+    };
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let is_form = header("content-type").is_some_and(|v| {
+        v.to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+    });
+    let form = if is_form {
+        parse_form(&body)
+    } else {
+        Vec::new()
+    };
+    Ok(Some(Request {
+        method,
+        path,
+        query,
+        headers,
+        form,
+        body,
+        at,
+    }))
+}
+
+fn read_line(reader: &mut impl BufRead, line: &mut String) -> io::Result<usize> {
+    let mut limited = reader.take(MAX_HEAD as u64);
+    limited.read_line(line)
+}
+
+fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad chunk");
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        if read_line(reader, &mut line)? == 0 {
+            return Err(bad());
+        }
+        let size_hex = line.trim().split(';').next().unwrap_or("");
+        let size = usize::from_str_radix(size_hex, 16).map_err(|_| bad())?;
+        if size == 0 {
+            // Trailers, then the blank line.
+            loop {
+                line.clear();
+                if read_line(reader, &mut line)? == 0 || line.trim().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        if body.len() + size > MAX_BODY {
+            return Err(bad());
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        reader.read_exact(&mut body[start..])?;
+        line.clear();
+        read_line(reader, &mut line)?;
+    }
+}
+
+pub fn parse_form(body: &str) -> Vec<(String, String)> {
+    body.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (url_decode(k), url_decode(v))
+        })
+        .collect()
+}
+
+fn url_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// base64url without padding (RFC 4648 §5), as PKCE and JWTs use it.
+pub fn b64url(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// RFC 7636 §4.2: S256 challenge of a verifier.
+pub fn pkce_challenge(verifier: &str) -> String {
+    b64url(&Sha256::digest(verifier.as_bytes()))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+fn write_response(stream: &TcpStream, resp: &Response) -> io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        resp.status,
+        reason(resp.status),
+        resp.content_type,
+        resp.body.len()
+    );
+    for (k, v) in &resp.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut w = stream;
+    w.write_all(head.as_bytes())?;
+    w.write_all(&resp.body)?;
+    w.flush()
+}
+
+/// Waits until shutdown or `deadline`; true when shutting down.
+fn wait_shutdown(shared: &Shared, deadline: Option<Instant>) -> bool {
+    let mut st = lock(shared);
+    loop {
+        if st.shutdown {
+            return true;
+        }
+        match deadline {
+            None => st = shared.1.wait(st).unwrap_or_else(|e| e.into_inner()),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return false;
+                }
+                st = match shared.1.wait_timeout(st, d - now) {
+                    Ok((g, _)) => g,
+                    Err(e) => e.into_inner().0,
+                };
+            }
+        }
+    }
+}
+
+/// None: close without answering.
+fn route(shared: &Shared, req: &Request) -> Option<Response> {
+    if req.path.starts_with("/api/v1/oauth2/") {
+        let fault = {
+            let mut st = lock(shared);
+            st.faults.pop_front().or_else(|| st.sticky_fault.clone())
+        };
+        shared.1.notify_all();
+        if let Some(fault) = fault {
+            match fault {
+                Fault::Status(status) => {
+                    return Some(Response::raw(status, "text/plain", format!("upstream error {status}")))
+                }
+                Fault::Html => {
+                    return Some(Response::raw(
+                        200,
+                        "text/html; charset=utf-8",
+                        "<!DOCTYPE html><html><head><title>Qwen</title></head><body>Please enable JavaScript.</body></html>",
+                    ))
+                }
+                Fault::Garbage => return Some(Response::raw(200, "application/json", "{not json")),
+                Fault::NoAccessToken => {
+                    return Some(Response::json(200, &json!({ "token_type": "Bearer" })))
+                }
+                Fault::Huge => {
+                    let mut body = Vec::with_capacity(HUGE_LEN + 32);
+                    body.extend_from_slice(b"{\"access_token\":\"");
+                    body.resize(body.len() + HUGE_LEN, b'a');
+                    body.extend_from_slice(b"\",\"token_type\":\"Bearer\"}");
+                    return Some(Response::raw(200, "application/json", body));
+                }
+                Fault::Reset => return None,
+                Fault::Hang => {
+                    wait_shutdown(shared, None);
+                    return None;
+                }
+                Fault::Delay(d) => {
+                    if wait_shutdown(shared, Some(Instant::now() + d)) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+    let resp = match (req.method.as_str(), req.path.as_str()) {
+        ("POST", "/api/v1/oauth2/device/code") => device_code(shared, req),
+        ("POST", "/api/v1/oauth2/token") => match req.field("grant_type") {
+            Some(DEVICE_GRANT) => device_poll(shared, req),
+            Some("refresh_token") => refresh(shared, req)?,
+            _ => Response::error(400, "unsupported_grant_type"),
+        },
+        ("POST", "/v1/chat/completions") => chat(shared, req),
+        ("GET", "/authorize") => Response::raw(
+            200,
+            "text/html; charset=utf-8",
+            "<html><body>mock authorize page</body></html>",
+        ),
+        _ => Response::json(404, &json!({ "error": "not_found" })),
+    };
+    Some(resp)
+}
+
+/// RFC 8628 §3.1-3.2 with RFC 7636 §4.3 parameters.
+fn device_code(shared: &Shared, req: &Request) -> Response {
+    let mut st = lock(shared);
+    if req.field("client_id") != Some(st.client_id.as_str())
+        || req.field("code_challenge_method") != Some("S256")
+        || req.field("code_challenge").is_none_or(str::is_empty)
+    {
+        return Response::error(400, "invalid_request");
+    }
+    let approval = match st.approvals.pop_front() {
+        Some(a) => a,
+        None => Approval {
+            outcome: Outcome::Approve {
+                email: None,
+                expires_in: 3600,
+                resource_url: Some(st.base_url.clone()),
+            },
+            ..Approval::default()
+        },
+    };
+    let device_code = format!("dc-{}", st.rand_hex());
+    let hex = st.rand_hex().to_ascii_uppercase();
+    let user_code = format!("{}-{}", &hex[0..4], &hex[4..8]);
+    let mut body = json!({
+        "device_code": device_code,
+        "user_code": user_code,
+        "verification_uri": format!("{}/authorize", st.base_url),
+        "verification_uri_complete": format!("{}/authorize?user_code={user_code}", st.base_url),
+        "expires_in": approval.expires_in,
+    });
+    if let Some(interval) = approval.interval {
+        body["interval"] = json!(interval);
+    }
+    let session = Session {
+        challenge: req.field("code_challenge").unwrap_or_default().to_string(),
+        deadline: Instant::now() + Duration::from_secs(approval.expires_in),
+        approval,
+        polls: 0,
+        done: false,
+    };
+    st.sessions.insert(device_code, session);
+    drop(st);
+    shared.1.notify_all();
+    Response::json(200, &body)
+}
+
+/// RFC 8628 §3.4-3.5 token polling.
+fn device_poll(shared: &Shared, req: &Request) -> Response {
+    let mut st = lock(shared);
+    st.polls.push(req.at);
+    let resp = device_poll_locked(&mut st, req);
+    drop(st);
+    shared.1.notify_all();
+    resp
+}
+
+fn device_poll_locked(st: &mut State, req: &Request) -> Response {
+    if req.field("client_id") != Some(st.client_id.as_str()) {
+        return Response::error(400, "invalid_client");
+    }
+    let code = req.field("device_code").unwrap_or_default();
+    let Some(sess) = st.sessions.get_mut(code) else {
+        return Response::error(400, "invalid_grant");
+    };
+    if sess.done {
+        return Response::error(400, "invalid_grant");
+    }
+    if Instant::now() >= sess.deadline {
+        return Response::error(400, "expired_token");
+    }
+    sess.polls += 1;
+    let poll = sess.polls;
+    let a = sess.approval.clone();
+    if a.slow_down_at == Some(poll) {
+        return Response::error(a.slow_down_status, "slow_down");
+    }
+    if poll <= a.pending_polls {
+        return Response::error(400, "authorization_pending");
+    }
+    let (email, expires_in, resource_url) = match a.outcome {
+        Outcome::Never => return Response::error(400, "authorization_pending"),
+        Outcome::Deny => return Response::error(400, "access_denied"),
+        Outcome::Expire => return Response::error(400, "expired_token"),
+        Outcome::Approve {
+            email,
+            expires_in,
+            resource_url,
+        } => (email, expires_in, resource_url),
+    };
+    let verifier = req.field("code_verifier").unwrap_or_default();
+    if pkce_challenge(verifier) != sess.challenge {
+        return Response::json(
+            400,
+            &json!({"error": "invalid_grant", "error_description": "PKCE verification failed"}),
+        );
+    }
+    sess.done = true;
+    let issued = st.new_account(email.clone(), expires_in);
+    let mut body = json!({
+        "access_token": issued.access_token,
+        "refresh_token": issued.refresh_token,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "scope": SCOPE,
+    });
+    if let Some(url) = resource_url {
+        body["resource_url"] = json!(url);
+    }
+    if let Some(email) = email {
+        body["id_token"] = json!(unsigned_jwt(issued.account, &email));
+    }
+    Response::json(200, &body)
+}
+
+fn unsigned_jwt(account: u64, email: &str) -> String {
+    let header = json!({"alg": "none", "typ": "JWT"}).to_string();
+    let payload = json!({
+        "iss": "https://chat.qwen.ai",
+        "sub": format!("user-{account}"),
+        "aud": CLIENT_ID,
+        "email": email,
+    })
+    .to_string();
+    format!(
+        "{}.{}.{}",
+        b64url(header.as_bytes()),
+        b64url(payload.as_bytes()),
+        b64url(b"mock-signature")
+    )
+}
+
+/// RFC 6749 §6. None when the mock shut down while the refresh was held.
+fn refresh(shared: &Shared, req: &Request) -> Option<Response> {
+    let token = req.field("refresh_token").unwrap_or_default().to_string();
+    let mut st = lock(shared);
+    *st.refresh_started.entry(token.clone()).or_default() += 1;
+    let in_flight = st.in_flight.entry(token.clone()).or_default();
+    *in_flight += 1;
+    let now_in_flight = *in_flight;
+    st.max_concurrent_same_refresh = st.max_concurrent_same_refresh.max(now_in_flight);
+    shared.1.notify_all();
+
+    let delay_end = Instant::now() + st.refresh_delay;
+    loop {
+        if st.shutdown {
+            break;
+        }
+        let now = Instant::now();
+        st = if st.held.contains(&token) {
+            shared.1.wait(st).unwrap_or_else(|e| e.into_inner())
+        } else if now < delay_end {
+            match shared.1.wait_timeout(st, delay_end - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            }
+        } else {
+            break;
+        };
+    }
+    let resp = refresh_locked(&mut st, req, &token);
+    if let Some(n) = st.in_flight.get_mut(&token) {
+        *n = n.saturating_sub(1);
+    }
+    *st.refresh_finished.entry(token).or_default() += 1;
+    let shutdown = st.shutdown;
+    drop(st);
+    shared.1.notify_all();
+    (!shutdown).then_some(resp)
+}
+
+fn refresh_locked(st: &mut State, req: &Request, token: &str) -> Response {
+    let account = match st.refresh_tokens.get(token) {
+        Some(e) if e.live && req.field("client_id") == Some(st.client_id.as_str()) => e.account,
+        _ => {
+            st.bad_refreshes += 1;
+            return Response::json(
+                400,
+                &json!({"error": "invalid_request", "error_description": DEAD_REFRESH}),
+            );
+        }
+    };
+    let expires_in = st.refresh_expires_in;
+    let access = st.new_access(account, expires_in);
+    let mut body = json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+    });
+    if st.rotate_refresh {
+        if let Some(e) = st.refresh_tokens.get_mut(token) {
+            e.live = false;
+        }
+        body["refresh_token"] = json!(st.new_refresh(account));
+    } else if st.always_return_refresh {
+        body["refresh_token"] = json!(token);
+    }
+    if let Some(url) = &st.refresh_resource_url {
+        body["resource_url"] = json!(url);
+    }
+    Response::json(200, &body)
+}
+
+fn chat(shared: &Shared, req: &Request) -> Response {
+    let mut st = lock(shared);
+    let resp = chat_locked(&mut st, req);
+    drop(st);
+    shared.1.notify_all();
+    resp
+}
+
+fn chat_locked(st: &mut State, req: &Request) -> Response {
+    let unauthorized = || Response::raw(401, "application/json", EXPIRED_BODY);
+    let token = req
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim();
+    let account = match st.access_tokens.get(token) {
+        Some(e) if e.expires_at > Instant::now() => e.account,
+        _ => return unauthorized(),
+    };
+    let scripted = st
+        .api_scripts
+        .get_mut(&account)
+        .and_then(VecDeque::pop_front);
+    match scripted {
+        None | Some(ApiReply::Ok) => {}
+        Some(ApiReply::RateLimited { retry_after }) => {
+            let mut r = Response::raw(429, "application/json", RATE_LIMIT_BODY);
+            if let Some(v) = retry_after {
+                r.headers.push(("Retry-After".into(), v));
+            }
+            return r;
+        }
+        Some(ApiReply::QuotaExceeded) => return Response::raw(429, "application/json", QUOTA_BODY),
+        Some(ApiReply::Unauthorized) => return unauthorized(),
+        Some(ApiReply::Status {
+            status,
+            headers,
+            body,
+        }) => {
+            let mut r = Response::raw(status, "application/json", body);
+            r.headers = headers;
+            return r;
+        }
+    }
+    let used = st.api_ok.entry(account).or_default();
+    if st.quota.is_some_and(|q| *used >= q) {
+        return Response::raw(429, "application/json", QUOTA_BODY);
+    }
+    *used += 1;
+    let content = format!("hello from account {account}");
+    let stream = serde_json::from_str::<Value>(&req.body)
+        .ok()
+        .and_then(|v| v.get("stream").and_then(Value::as_bool))
+        .unwrap_or(false);
+    if !stream {
+        return Response::json(
+            200,
+            &json!({
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "model": "coder-model",
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }],
+            }),
+        );
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "model": "coder-model",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    };
+    let body = format!(
+        "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+        chunk(
+            json!({"role": "assistant", "content": content}),
+            Value::Null
+        ),
+        chunk(json!({}), json!("stop")),
+    );
+    let mut r = Response::raw(200, "text/event-stream", body);
+    r.headers.push(("Cache-Control".into(), "no-cache".into()));
+    r
+}

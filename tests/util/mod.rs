@@ -1,0 +1,190 @@
+//! Test harness: a hermetic environment per test (its own temp HOME, XDG_CONFIG_HOME,
+//! QWEN_CRED_CONFIG_DIR and Qwen CLI dir; the rest of the environment cleared) and helpers to
+//! run the real binary.
+
+#![allow(dead_code)]
+
+pub mod mock;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_qwen-cred");
+
+/// A temp directory tree removed on drop.
+pub struct Env {
+    pub root: PathBuf,
+    /// Extra environment for every command run in this environment.
+    pub vars: Vec<(String, String)>,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Env {
+    pub fn new() -> Env {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let root = std::env::temp_dir().join(format!("qwen-cred-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["home", "xdg", "config", "qwen"] {
+            std::fs::create_dir_all(root.join(d)).expect("create temp dir");
+        }
+        Env {
+            root,
+            vars: Vec::new(),
+        }
+    }
+
+    /// An environment whose OAuth base URL points at `mock`.
+    pub fn with_mock(mock: &mock::Mock) -> Env {
+        let mut e = Env::new();
+        e.set("QWEN_CRED_OAUTH_BASE_URL", &mock.base_url());
+        e
+    }
+
+    pub fn set(&mut self, k: &str, v: &str) {
+        self.vars.retain(|(a, _)| a != k);
+        self.vars.push((k.to_string(), v.to_string()));
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.root.join("config")
+    }
+
+    pub fn qwen_dir(&self) -> PathBuf {
+        self.root.join("qwen")
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.config_dir().join("qwen-accounts.json")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.root.join("home"))
+            .env("XDG_CONFIG_HOME", self.root.join("xdg"))
+            .env("QWEN_CRED_CONFIG_DIR", self.config_dir())
+            .env("QWEN_CRED_QWEN_DIR", self.qwen_dir())
+            .env("BROWSER", "true")
+            .stdin(Stdio::null());
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run qwen-cred")
+    }
+
+    /// Runs and asserts the exit code, returning (stdout, stderr).
+    pub fn expect(&self, args: &[&str], code: i32) -> (String, String) {
+        let o = self.run(args);
+        let (out, err) = (text(&o.stdout), text(&o.stderr));
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "qwen-cred {args:?}\nstdout: {out}\nstderr: {err}"
+        );
+        (out, err)
+    }
+
+    pub fn write_store(&self, v: &Value) {
+        write_private(
+            &self.store_path(),
+            &serde_json::to_vec_pretty(v).expect("json"),
+        );
+    }
+
+    pub fn read_store(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.store_path()).expect("read store"))
+            .expect("store parses")
+    }
+
+    pub fn write_config(&self, v: &Value) {
+        std::fs::write(
+            self.config_dir().join("qwen.json"),
+            serde_json::to_vec(v).expect("json"),
+        )
+        .expect("write config");
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn write_private(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("open for write");
+    f.write_all(bytes).expect("write");
+}
+
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+/// One account JSON in the seed format, valid for `valid_for_s` seconds from now.
+pub fn account(id: &str, access: &str, refresh: &str, valid_for_s: i64) -> Value {
+    serde_json::json!({
+        "id": id,
+        "email": format!("user{id}@example.com"),
+        "access_token": access,
+        "refresh_token": refresh,
+        "token_type": "Bearer",
+        "resource_url": "portal.qwen.ai",
+        "expiry_date": now_ms() + valid_for_s * 1000,
+        "created_at": now_ms() - 1000,
+        "last_used_at": null,
+        "total_requests": 0,
+        "rate_limit_resets_at": null,
+        "is_primary": id == "1",
+    })
+}
+
+/// A store with accounts `1..=n`, tokens `at-i` / `rt-i`, valid for an hour (not due with a
+/// 1800 s buffer).
+pub fn store_with(n: usize) -> Value {
+    let accounts: Vec<Value> = (1..=n)
+        .map(|i| account(&i.to_string(), &format!("at-{i}"), &format!("rt-{i}"), 7200))
+        .collect();
+    serde_json::json!({"version": "1.0", "max_accounts": 10, "accounts": accounts, "current_account_id": if n > 0 { Some("1") } else { None }})
+}
+
+/// Waits for a condition without sleeping blindly: polls `f` until it holds or `secs` pass.
+pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::yield_now();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    f()
+}
