@@ -17,11 +17,117 @@ pub struct Cli {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
 pub enum Command {
+    Token(Token),
+    Report429(Report429),
+    Login(Login),
+    Refresh(Refresh),
     List(List),
     Use(Use),
     Remove(Remove),
     Import(Import),
     Config(ConfigCmd),
+    Opencode(Opencode),
+}
+
+#[derive(FromArgs, Debug)]
+/// Print a valid access token for the account the rotation policy picks.
+#[argh(subcommand, name = "token")]
+pub struct Token {
+    /// use this account (no rotation; still refreshed when needed)
+    #[argh(option)]
+    pub account: Option<String>,
+    /// output format: raw (default), json, env or header
+    #[argh(option, default = "Format::Raw")]
+    pub format: Format,
+    /// refresh first unless the token stays valid this many seconds
+    #[argh(option, default = "0")]
+    pub min_valid: u64,
+    /// exit 4 at once instead of waiting when every account is cooling down
+    #[argh(switch)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Raw,
+    Json,
+    Env,
+    Header,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s {
+            "raw" => Ok(Format::Raw),
+            "json" => Ok(Format::Json),
+            "env" => Ok(Format::Env),
+            "header" => Ok(Format::Header),
+            _ => Err(format!(
+                "unknown format \"{s}\": use raw, json, env or header"
+            )),
+        }
+    }
+}
+
+#[derive(FromArgs, Debug)]
+/// Tell the pool that a request got HTTP 429 (or 403 with a quota body); rotates as needed.
+#[argh(subcommand, name = "report-429")]
+pub struct Report429 {
+    /// the account that got the 429 (default: $QWEN_CRED_ACCOUNT_ID, else the current one)
+    #[argh(option)]
+    pub account: Option<String>,
+    /// the Retry-After header as received: delta-seconds or an HTTP-date
+    #[argh(option)]
+    pub retry_after: Option<String>,
+    /// file holding the response body, or - for stdin
+    #[argh(option)]
+    pub body: Option<String>,
+    /// never sleep or wait; exit at once
+    #[argh(switch)]
+    pub no_wait: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Sign in an account with the OAuth device flow and add it to the pool.
+#[argh(subcommand, name = "login")]
+pub struct Login {
+    /// do not open a browser; just print the URL and code
+    #[argh(switch)]
+    pub no_browser: bool,
+    /// email to show for this account when the server does not say
+    #[argh(option)]
+    pub email: Option<String>,
+    /// replace this account with the new one
+    #[argh(option)]
+    pub replace: Option<String>,
+    /// empty the pool once the new login has succeeded
+    #[argh(switch)]
+    pub fresh: bool,
+    /// give up after this many seconds (default: the device code's lifetime)
+    #[argh(option)]
+    pub timeout: Option<u64>,
+    /// print progress as JSON lines on stdout
+    #[argh(switch)]
+    pub json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Refresh tokens now: the current account, one, all, or those due.
+#[argh(subcommand, name = "refresh")]
+pub struct Refresh {
+    /// refresh this account
+    #[argh(option)]
+    pub account: Option<String>,
+    /// refresh every account that is not revoked
+    #[argh(switch)]
+    pub all: bool,
+    /// refresh only the accounts whose tokens are due
+    #[argh(switch)]
+    pub due: bool,
+    /// refresh even if the token is not due
+    #[argh(switch)]
+    pub force: bool,
 }
 
 #[derive(FromArgs, Debug)]
@@ -76,6 +182,32 @@ pub struct ConfigCmd {
     /// print the JSON Schema of qwen.json
     #[argh(switch)]
     pub schema: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Set up OpenCode to take its Qwen tokens from qwen-cred.
+#[argh(subcommand, name = "opencode")]
+pub struct Opencode {
+    #[argh(subcommand)]
+    pub command: OpencodeCommand,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum OpencodeCommand {
+    Install(OpencodeInstall),
+}
+
+#[derive(FromArgs, Debug)]
+/// Write the qwen-cred plugin into OpenCode's plugin folder and print the provider block.
+#[argh(subcommand, name = "install")]
+pub struct OpencodeInstall {
+    /// also add the provider block to opencode.json (plain JSON only; a backup is kept)
+    #[argh(switch)]
+    pub write_config: bool,
+    /// print what would be done, change nothing
+    #[argh(switch)]
+    pub dry_run: bool,
 }
 
 /// Parses argv. `help COMMAND` is `COMMAND --help`. Err carries argh's text and whether it is

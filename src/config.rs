@@ -221,6 +221,8 @@ pub struct Config {
     pub account_id_env: Option<String>,
     /// `$BROWSER`.
     pub browser: Option<String>,
+    /// A graphical session to open a browser in (`DISPLAY`/`WAYLAND_DISPLAY`; always on macOS).
+    pub has_display: bool,
     /// `QWEN_CRED_LOG=debug`.
     pub debug: bool,
 }
@@ -257,6 +259,9 @@ impl Config {
             qwen_dir,
             account_id_env: env("QWEN_CRED_ACCOUNT_ID"),
             browser: env("BROWSER"),
+            has_display: cfg!(target_os = "macos")
+                || env("DISPLAY").is_some()
+                || env("WAYLAND_DISPLAY").is_some(),
             debug: env("QWEN_CRED_LOG").is_some_and(|v| v.eq_ignore_ascii_case("debug")),
         })
     }

@@ -1,9 +1,6 @@
 //! qwen-cred: a stateless credential helper for a pool of Qwen OAuth accounts. `main` parses
 //! the command line, runs it, and maps an error to its exit code (cli.md).
 
-// Until token, login and refresh land, parts of config, oauth and rotation are unused.
-#![allow(dead_code)]
-
 mod cli;
 mod commands;
 mod config;
@@ -12,6 +9,7 @@ mod lock;
 mod msg;
 mod oauth;
 mod qwen_cli;
+mod refresh;
 mod rotation;
 mod secret;
 mod store;

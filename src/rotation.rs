@@ -33,15 +33,6 @@ impl Strategy {
             _ => None,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::Sticky => Self::NAMES[0],
-            Strategy::RoundRobin => Self::NAMES[1],
-            Strategy::LeastUsed => Self::NAMES[2],
-            Strategy::Hybrid => Self::NAMES[3],
-        }
-    }
 }
 
 /// Local time of the daily quota reset at a fixed UTC offset (no DST: the service resets at a
@@ -600,7 +591,7 @@ mod tests {
     #[test]
     fn strategy_names_round_trip() {
         for name in Strategy::NAMES {
-            assert_eq!(Strategy::parse(name).map(Strategy::name), Some(name));
+            assert!(Strategy::parse(name).is_some(), "{name}");
         }
         for bad in [
             "",

@@ -296,6 +296,14 @@ impl Store {
         }
     }
 
+    /// The index of the account with exactly this id (ids held across a lock release).
+    pub fn find_id(&self, id: &str) -> Result<usize> {
+        self.accounts
+            .iter()
+            .position(|a| a.id == id)
+            .ok_or_else(|| Error::Usage(format!("account {id} was removed meanwhile")))
+    }
+
     /// `1 a@example.com, 2 (fp 1a2b3c4d)`: how accounts are named in messages.
     pub fn summary(&self) -> String {
         if self.accounts.is_empty() {

@@ -2,6 +2,11 @@
 
 mod accounts;
 mod config;
+mod login;
+mod opencode;
+mod refresh;
+mod report_429;
+mod token;
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
@@ -20,11 +25,16 @@ pub fn run(cli: Cli) -> Result<()> {
     let cfg = Config::load()?;
     crate::msg::set_debug(cfg.debug);
     match command {
+        Command::Token(a) => token::run(&cfg, &a),
+        Command::Report429(a) => report_429::run(&cfg, &a),
+        Command::Login(a) => login::run(&cfg, &a),
+        Command::Refresh(a) => refresh::run(&cfg, &a),
         Command::List(a) => accounts::list(&cfg, &a),
         Command::Use(a) => accounts::use_(&cfg, &a),
         Command::Remove(a) => accounts::remove(&cfg, &a),
         Command::Import(a) => accounts::import(&cfg, &a),
         Command::Config(a) => config::run(&cfg, &a),
+        Command::Opencode(a) => opencode::run(&cfg, &a),
     }
 }
 

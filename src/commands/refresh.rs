@@ -1,0 +1,80 @@
+//! `qwen-cred refresh`: refresh tokens now, one account, all, or those due (for cron, and
+//! for the detached child `token` starts).
+
+use crate::cli::Refresh;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::msg::{rfc3339, warn};
+use crate::refresh::{refresh_account, Refreshed};
+use crate::rotation;
+use crate::store::{self, Account, Status};
+
+pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
+    if [args.account.is_some(), args.all, args.due]
+        .iter()
+        .filter(|&&b| b)
+        .count()
+        > 1
+    {
+        return Err(Error::Usage(
+            "give one of --account ID, --all, --due".into(),
+        ));
+    }
+    let policy = cfg.rotation_policy();
+    let now = crate::now_ms();
+    // A snapshot is enough to choose; each refresh re-reads under its locks.
+    let s = store::load(&cfg.store_path())?;
+    let targets: Vec<Account> = if let Some(id) = &args.account {
+        vec![s.accounts[s.find(id)?].clone()]
+    } else if args.all || args.due {
+        s.accounts
+            .iter()
+            .filter(|a| {
+                a.status == Status::Active && (args.all || rotation::is_due(a, now, &policy))
+            })
+            .cloned()
+            .collect()
+    } else {
+        match s.current_account_id.as_deref().map(|c| s.find_id(c)) {
+            Some(Ok(i)) => vec![s.accounts[i].clone()],
+            _ => return Err(super::token::no_account(&[])),
+        }
+    };
+    let (mut failed, mut revoked) = (0, 0);
+    for a in &targets {
+        let name = format!("account {} ({})", a.id, a.label());
+        if a.status == Status::Revoked {
+            warn(&format!("{name}: revoked; run qwen-cred login"));
+            revoked += 1;
+            continue;
+        }
+        if !args.force && !rotation::is_due(a, now, &policy) {
+            warn(&format!(
+                "{name}: not due, valid until {}; --force refreshes anyway",
+                rfc3339(a.expiry_date)
+            ));
+            continue;
+        }
+        let needed = |cur: &Account| args.force || rotation::is_due(cur, crate::now_ms(), &policy);
+        match refresh_account(cfg, &a.id, &a.access_token, &needed)? {
+            Refreshed::Fresh { expiry_date } => {
+                warn(&format!("{name}: valid until {}", rfc3339(expiry_date)))
+            }
+            Refreshed::Revoked => revoked += 1,
+            Refreshed::Failed(why) => {
+                warn(&format!("{name}: refresh failed: {why}"));
+                failed += 1;
+            }
+        }
+    }
+    match (failed, revoked) {
+        (0, 0) => Ok(()),
+        (0, n) => Err(Error::NoAccount(format!(
+            "{n} account(s) revoked; run qwen-cred login"
+        ))),
+        (n, _) => Err(Error::Server(format!(
+            "{n} of {} refreshes failed; retry later",
+            targets.len()
+        ))),
+    }
+}

@@ -1,0 +1,320 @@
+//! `qwen-cred token`: pick an account (rotation.md), refresh it if needed, record the use and
+//! print its token. Also the wait-for-reset rule that `report-429` shares.
+
+use super::transact;
+use crate::cli::{Format, Token};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::msg::rfc3339;
+use crate::refresh::{refresh_account, server_error, Refreshed};
+use crate::rotation::{self, Need, Pick, Policy};
+use crate::secret::Secret;
+use crate::store::{Account, Status, Store};
+
+/// What one pass under the store lock decided.
+enum Step {
+    Serve(Box<Account>, bool),
+    Refresh {
+        id: String,
+        need: Need,
+        seen: Secret,
+    },
+    Wait(i64),
+    Import,
+    Unavailable(Vec<String>),
+}
+
+pub fn run(cfg: &Config, args: &Token) -> Result<()> {
+    let policy = cfg.rotation_policy();
+    let mut skip: Vec<String> = Vec::new();
+    let mut failure: Option<Error> = None;
+    let mut imported = false;
+    loop {
+        let now = crate::now_ms();
+        let step = transact(cfg, |s| decide(cfg, s, args, &policy, now, &skip, imported))?;
+        match step {
+            Step::Serve(a, spawn) => return serve(cfg, args, &a, spawn),
+            Step::Import => {
+                imported = true;
+                let file = cfg.qwen_cli_file();
+                let what = super::accounts::import_file(cfg, &file, None)?;
+                crate::msg::warn(&format!("the pool was empty: {what}"));
+            }
+            Step::Wait(until) => wait_for_reset(cfg, until, args.no_wait)?,
+            Step::Unavailable(revoked) => {
+                return Err(failure.unwrap_or_else(|| no_account(&revoked)))
+            }
+            Step::Refresh { id, need, seen } => {
+                let still = |a: &Account| {
+                    rotation::needs_refresh(a, crate::now_ms(), args.min_valid, &policy).is_some()
+                };
+                match refresh_account(cfg, &id, &seen, &still)? {
+                    Refreshed::Fresh { .. } => return serve_after_refresh(cfg, args, &id),
+                    Refreshed::Failed(why) if matches!(need, Need::Due) => {
+                        crate::msg::warn(&format!(
+                            "account {id}: proactive refresh failed ({why}); its token is still valid, will try again later"
+                        ));
+                        return serve_after_refresh(cfg, args, &id);
+                    }
+                    Refreshed::Failed(why) => {
+                        if args.account.is_some() {
+                            return Err(server_error(&id, &why));
+                        }
+                        crate::msg::debug(&format!(
+                            "account {id}: refresh failed ({why}); trying the next account"
+                        ));
+                        failure = Some(server_error(&id, &why));
+                        skip.push(id);
+                    }
+                    Refreshed::Revoked if args.account.is_some() => {
+                        return Err(no_account(&[id]));
+                    }
+                    Refreshed::Revoked => {}
+                }
+            }
+        }
+    }
+}
+
+fn decide(
+    cfg: &Config,
+    s: &mut Store,
+    args: &Token,
+    policy: &Policy,
+    now: i64,
+    skip: &[String],
+    imported: bool,
+) -> Result<Step> {
+    if let Some(want) = &args.account {
+        let i = s.find(want)?;
+        let a = &s.accounts[i];
+        if a.status == Status::Revoked {
+            return Ok(Step::Unavailable(vec![a.id.clone()]));
+        }
+        if let Some(t) = a.rate_limit_resets_at.filter(|&t| t > now) {
+            crate::msg::warn(&format!(
+                "account {} is cooling down until {}; using it because --account asked for it",
+                a.id,
+                rfc3339(t)
+            ));
+        }
+        return Ok(
+            match rotation::needs_refresh(a, now, args.min_valid, policy) {
+                Some(need) => Step::Refresh {
+                    id: a.id.clone(),
+                    need,
+                    seen: a.access_token.clone(),
+                },
+                None => Step::Serve(Box::new(record_pinned(s, i, now)), false),
+            },
+        );
+    }
+    match rotation::pick(s, policy, now, skip) {
+        Pick::Account(i) => {
+            let a = &s.accounts[i];
+            if let Some(need) = rotation::needs_refresh(a, now, args.min_valid, policy) {
+                return Ok(Step::Refresh {
+                    id: a.id.clone(),
+                    need,
+                    seen: a.access_token.clone(),
+                });
+            }
+            rotation::record_use(s, i, now);
+            let spawn = background_refresh_due(cfg, s, i, policy, now);
+            Ok(Step::Serve(Box::new(s.accounts[i].clone()), spawn))
+        }
+        Pick::AllCooling { soonest_ms } => Ok(Step::Wait(soonest_ms)),
+        Pick::Unavailable { revoked } => {
+            if s.accounts.is_empty() && !imported && cfg.qwen_cli_file().is_file() {
+                return Ok(Step::Import);
+            }
+            Ok(Step::Unavailable(revoked))
+        }
+    }
+}
+
+/// A pinned token (`--account`) counts as a use but does not move `current`.
+fn record_pinned(s: &mut Store, i: usize, now: i64) -> Account {
+    let a = &mut s.accounts[i];
+    a.total_requests += 1;
+    a.last_used_at = Some(now);
+    a.clone()
+}
+
+/// Whether to start a detached `refresh --due`: another account is due and none was started
+/// within `proactive_refresh_check_interval_seconds` (recorded in the store).
+fn background_refresh_due(
+    cfg: &Config,
+    s: &mut Store,
+    served: usize,
+    policy: &Policy,
+    now: i64,
+) -> bool {
+    if !policy.proactive_token_refresh {
+        return false;
+    }
+    let interval = cfg.int("proactive_refresh_check_interval_seconds") as i64 * 1000;
+    if s.last_background_refresh_at
+        .is_some_and(|t| now - t < interval && t <= now)
+    {
+        return false;
+    }
+    let due = s.accounts.iter().enumerate().any(|(j, a)| {
+        j != served && a.status == Status::Active && rotation::is_due(a, now, policy)
+    });
+    if due {
+        s.last_background_refresh_at = Some(now);
+    }
+    due
+}
+
+/// After a refresh (ours or adopted), record the use of that account and serve it.
+fn serve_after_refresh(cfg: &Config, args: &Token, id: &str) -> Result<()> {
+    let now = crate::now_ms();
+    let a = transact(cfg, |s| {
+        let i = s.find_id(id)?;
+        if s.accounts[i].status == Status::Revoked {
+            return Err(no_account(&[id.to_string()]));
+        }
+        Ok(if args.account.is_some() {
+            record_pinned(s, i, now)
+        } else {
+            rotation::record_use(s, i, now);
+            s.accounts[i].clone()
+        })
+    })?;
+    serve(cfg, args, &a, false)
+}
+
+fn serve(cfg: &Config, args: &Token, a: &Account, spawn: bool) -> Result<()> {
+    crate::msg::debug(&format!("serving account {} ({})", a.id, a.label()));
+    let text = format_token(cfg, a, args.format);
+    crate::msg::out(&text)?;
+    if spawn {
+        spawn_refresh_due();
+    }
+    Ok(())
+}
+
+/// The request headers an integration should send (qwen-oauth.md, The API).
+pub fn headers(a: &Account) -> Vec<(&'static str, String)> {
+    let mut h = vec![(
+        "Authorization",
+        format!("Bearer {}", a.access_token.expose()),
+    )];
+    h.extend(crate::oauth::api_headers(env!("CARGO_PKG_VERSION")));
+    h
+}
+
+fn format_token(cfg: &Config, a: &Account, format: Format) -> String {
+    let base_url =
+        crate::oauth::api_base_url(a.resource_url.as_deref(), cfg.str("default_resource_url"));
+    let token = a.access_token.expose();
+    match format {
+        Format::Raw => format!("{token}\n"),
+        Format::Json => {
+            let hdrs: serde_json::Map<String, serde_json::Value> = headers(a)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
+            let v = serde_json::json!({
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_at": rfc3339(a.expiry_date),
+                "expiry_date": a.expiry_date,
+                "account_id": a.id,
+                "email": a.email,
+                "base_url": base_url,
+                "headers": hdrs,
+            });
+            format!("{v}\n")
+        }
+        Format::Env => format!(
+            "export OPENAI_API_KEY={}\nexport OPENAI_BASE_URL={}\nexport QWEN_CRED_ACCOUNT_ID={}\n",
+            sh_quote(token),
+            sh_quote(&base_url),
+            sh_quote(&a.id)
+        ),
+        Format::Header => headers(a)
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\n"))
+            .collect(),
+    }
+}
+
+/// POSIX single quotes: `'` becomes `'\''`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Starts `qwen-cred refresh --due` detached (like `git gc --auto`): its own process group,
+/// no stdio, never waited for, so `$(qwen-cred token)` returns at once. Best effort.
+fn spawn_refresh_due() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let child = Command::new(exe)
+        .args(["refresh", "--due"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    match child {
+        Ok(c) => crate::msg::debug(&format!(
+            "started background refresh --due (pid {})",
+            c.id()
+        )),
+        Err(e) => crate::msg::debug(&format!("cannot start background refresh: {e}")),
+    }
+}
+
+/// No account can serve: exit 3, naming the revoked ones.
+pub fn no_account(revoked: &[String]) -> Error {
+    if revoked.is_empty() {
+        Error::NoAccount("no account can serve: the pool is empty; run qwen-cred login".into())
+    } else {
+        Error::NoAccount(format!(
+            "no account can serve: revoked: {}; run qwen-cred login",
+            revoked.join(", ")
+        ))
+    }
+}
+
+/// Every usable account is cooling down until `until`: wait for it when allowed and within
+/// `max_rate_limit_wait_seconds`, else exit 4 naming the time.
+pub fn wait_for_reset(cfg: &Config, until: i64, no_wait: bool) -> Result<()> {
+    use std::io::IsTerminal;
+    let now = crate::now_ms();
+    let ms = (until - now).max(0);
+    let secs = (ms + 999) / 1000;
+    let max_ms = cfg.int("max_rate_limit_wait_seconds") as i64 * 1000;
+    if no_wait || ms > max_ms {
+        return Err(Error::RateLimited(format!(
+            "every usable account is cooling down; the soonest is free at {} (in {secs} s)",
+            rfc3339(until)
+        )));
+    }
+    crate::msg::warn(&format!(
+        "every usable account is cooling down; waiting {secs} s until {}",
+        rfc3339(until)
+    ));
+    let end = std::time::Instant::now() + std::time::Duration::from_millis(ms as u64);
+    let tty = std::io::stderr().is_terminal();
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if tty {
+            eprint!("\rqwen-cred: {} s left ", left.as_secs() + 1);
+        }
+        std::thread::sleep(left.min(std::time::Duration::from_secs(1)));
+    }
+    if tty {
+        eprintln!();
+    }
+    Ok(())
+}

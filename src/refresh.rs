@@ -1,0 +1,134 @@
+//! Single-flight refresh of one account across every process (files.md, Locking): a
+//! per-account refresh lock is held across "re-read, HTTP, persist", the store lock only for
+//! the read and the write, so a slow refresh of one account never blocks callers of another,
+//! and a waiter adopts the token the winner stored instead of spending the refresh token
+//! again (RFC 6749 §10.4: a rotated refresh token is single-use).
+
+use crate::commands::transact;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::oauth::{self, RefreshError};
+use crate::secret::Secret;
+use crate::store::{Account, Status};
+use std::time::Duration;
+
+/// What became of a refresh.
+pub enum Refreshed {
+    /// The account now holds a fresh token (ours, or one another process stored meanwhile)
+    /// valid until this time.
+    Fresh { expiry_date: i64 },
+    /// The server said the refresh token is dead; the account is now revoked.
+    Revoked,
+    /// The server could not be reached or failed; nothing was changed.
+    Failed(String),
+}
+
+/// Refreshes account `id` unless, once the refresh lock is ours, it no longer needs it:
+/// `still_needed` sees the account as stored now. `seen_access` is the access token the caller
+/// decided on; a different one means another process refreshed meanwhile, so it is adopted.
+pub fn refresh_account(
+    cfg: &Config,
+    id: &str,
+    seen_access: &Secret,
+    still_needed: &dyn Fn(&Account) -> bool,
+) -> Result<Refreshed> {
+    let _flight = crate::lock::refresh(&cfg.dir, id, cfg.lock_timeout())?;
+    let current = read_account(cfg, id)?;
+    if current.status == Status::Revoked {
+        return Ok(Refreshed::Revoked);
+    }
+    if current.access_token != *seen_access || !still_needed(&current) {
+        crate::msg::debug(&format!(
+            "account {id}: adopting the token another process refreshed"
+        ));
+        return Ok(Refreshed::Fresh {
+            expiry_date: current.expiry_date,
+        });
+    }
+    let used = current.refresh_token.clone();
+    let client = oauth::Client::new(&cfg.oauth_settings())?;
+    crate::msg::debug(&format!(
+        "account {id}: refreshing at {}",
+        cfg.str("oauth_base_url")
+    ));
+    match with_retries(cfg, || client.refresh(&used)) {
+        Ok(tok) => {
+            let now = crate::now_ms();
+            transact(cfg, |s| {
+                let i = s.find_id(id)?;
+                let a = &mut s.accounts[i];
+                // A login or import may have replaced the tokens meanwhile; theirs win.
+                if a.refresh_token != used {
+                    return Ok(Refreshed::Fresh {
+                        expiry_date: a.expiry_date,
+                    });
+                }
+                a.access_token = tok.access_token.clone();
+                // qwen-oauth.md: keep the old refresh token and resource_url when omitted.
+                if let Some(rt) = &tok.refresh_token {
+                    a.refresh_token = rt.clone();
+                }
+                if let Some(r) = &tok.resource_url {
+                    a.resource_url = Some(r.clone());
+                }
+                a.token_type = tok.token_type.clone();
+                a.expiry_date = now.saturating_add(tok.expires_in.saturating_mul(1000) as i64);
+                Ok(Refreshed::Fresh {
+                    expiry_date: a.expiry_date,
+                })
+            })
+        }
+        Err(RefreshError::Dead(reason)) => {
+            let now = crate::now_ms();
+            transact(cfg, |s| {
+                let i = s.find_id(id)?;
+                let a = &mut s.accounts[i];
+                if a.refresh_token == used {
+                    a.status = Status::Revoked;
+                    a.status_reason = Some(reason.clone());
+                    a.status_changed_at = Some(now);
+                    crate::msg::warn(&format!(
+                        "account {} ({}) was revoked by the server ({reason}); run qwen-cred login to sign it in again",
+                        a.id,
+                        a.label()
+                    ));
+                }
+                Ok(())
+            })?;
+            Ok(Refreshed::Revoked)
+        }
+        Err(RefreshError::Transient(why)) => Ok(Refreshed::Failed(why)),
+    }
+}
+
+fn read_account(cfg: &Config, id: &str) -> Result<Account> {
+    let s = crate::store::load(&cfg.store_path())?;
+    Ok(s.accounts[s.find_id(id)?].clone())
+}
+
+/// Retries transient failures `token_refresh_retry_attempts` times in all, the delay doubling
+/// from `token_refresh_retry_delay_ms`. A dead token is never retried.
+fn with_retries(
+    cfg: &Config,
+    mut attempt: impl FnMut() -> std::result::Result<oauth::TokenResponse, RefreshError>,
+) -> std::result::Result<oauth::TokenResponse, RefreshError> {
+    let attempts = cfg.int("token_refresh_retry_attempts").max(1);
+    let mut delay = Duration::from_millis(cfg.int("token_refresh_retry_delay_ms"));
+    let mut n = 1;
+    loop {
+        match attempt() {
+            Err(RefreshError::Transient(why)) if n < attempts => {
+                crate::msg::debug(&format!("refresh failed ({why}); retrying in {delay:?}"));
+                std::thread::sleep(delay);
+                delay *= 2;
+                n += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// An error for a refresh that left no usable token (exit 5).
+pub fn server_error(id: &str, why: &str) -> Error {
+    Error::Server(format!("cannot refresh account {id}: {why}; retry later"))
+}
