@@ -5,6 +5,8 @@ mod cli;
 mod commands;
 mod config;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 mod lock;
 mod msg;
 mod oauth;

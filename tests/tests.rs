@@ -6,3 +6,6 @@ mod util;
 mod core;
 mod oauth;
 mod rotation;
+mod qwen_cli;
+mod robustness;
+mod serve;

@@ -1,0 +1,1 @@
+//! Randomised input tests of the parsers (issue 5, fuzzing).
