@@ -46,6 +46,9 @@ pub fn rfc3339(ms: i64) -> String {
 pub fn relative(ms: i64, now: i64) -> String {
     let secs = (ms - now) / 1000;
     let a = secs.unsigned_abs();
+    if secs <= 0 && a < 5 {
+        return "just now".into();
+    }
     let span = match a {
         0..=59 => format!("{a}s"),
         60..=3599 => format!("{}m", a / 60),

@@ -509,28 +509,10 @@ mod tests {
     }
 
     fn acct(id: &str) -> Account {
-        Account {
-            id: id.to_string(),
-            email: format!("{id}@example.com"),
-            access_token: Default::default(),
-            refresh_token: Default::default(),
-            token_type: "Bearer".to_string(),
-            resource_url: None,
-            expiry_date: NOW + H,
-            created_at: 0,
-            last_used_at: None,
-            total_requests: 0,
-            rate_limit_resets_at: None,
-            is_primary: false,
-            rate_limit_reason: None,
-            consecutive_rate_limits: 0,
-            last_rate_limited_at: None,
-            status: Status::Active,
-            status_reason: None,
-            status_changed_at: None,
-            linked_file: None,
-            extra: serde_json::Map::new(),
-        }
+        let mut a = Account::new(Default::default(), Default::default(), NOW + H, 0);
+        a.id = id.to_string();
+        a.email = format!("{id}@example.com");
+        a
     }
 
     fn store(ids: &[&str]) -> Store {

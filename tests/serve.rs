@@ -24,7 +24,10 @@ fn serve_mock() {
     for email in var("QWEN_MOCK_EMAILS").split(',').filter(|e| !e.is_empty()) {
         mock.push_approval(mock.approval(Some(email)));
     }
-    for pair in var("QWEN_MOCK_ACCOUNTS").split(',').filter(|p| !p.is_empty()) {
+    for pair in var("QWEN_MOCK_ACCOUNTS")
+        .split(',')
+        .filter(|p| !p.is_empty())
+    {
         if let Some((rt, at)) = pair.split_once(':') {
             mock.add_account(rt, at);
         }

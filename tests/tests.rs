@@ -5,7 +5,8 @@ mod util;
 
 mod core;
 mod oauth;
-mod rotation;
+mod opencode;
 mod qwen_cli;
 mod robustness;
+mod rotation;
 mod serve;

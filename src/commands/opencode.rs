@@ -1,9 +1,371 @@
-//! `qwen-cred opencode install`: being written (issue 6).
+//! `qwen-cred opencode install`: writes the OpenCode plugin (embedded from
+//! `src/opencode_plugin.js`) into `D/plugin/`, prints the `qwen` provider block for
+//! `opencode.json`, and with `--write-config` adds that block to a plain-JSON `opencode.json`.
+//! Every step is idempotent: a second run changes nothing.
 
-use crate::cli::Opencode;
+use crate::cli::{Opencode, OpencodeCommand, OpencodeInstall};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::msg;
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
 
-pub fn run(_cfg: &Config, _args: &Opencode) -> Result<()> {
-    Err(Error::Internal("opencode install is not written yet".into()))
+/// The plugin, shipped inside the binary so that install needs nothing else.
+pub const PLUGIN: &str = include_str!("../opencode_plugin.js");
+pub const PLUGIN_FILE: &str = "qwen-cred.js";
+pub const PROVIDER_ID: &str = "qwen";
+
+pub fn run(cfg: &Config, args: &Opencode) -> Result<()> {
+    match &args.command {
+        OpencodeCommand::Install(a) => install(cfg, a),
+    }
+}
+
+/// What a step did (or, with `--dry-run`, would do).
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Unchanged,
+    Created,
+    Updated,
+}
+
+fn install(cfg: &Config, args: &OpencodeInstall) -> Result<()> {
+    let dry = args.dry_run;
+    let would = |done: &str, planned: &str| {
+        if dry {
+            planned.to_string()
+        } else {
+            done.to_string()
+        }
+    };
+
+    let plugin = cfg.dir.join("plugin").join(PLUGIN_FILE);
+    match install_plugin(&plugin, dry)? {
+        Step::Unchanged => msg::warn(&format!("{} is up to date", plugin.display())),
+        Step::Created => msg::warn(&format!(
+            "{} the OpenCode plugin {}",
+            would("wrote", "would write"),
+            plugin.display()
+        )),
+        Step::Updated => msg::warn(&format!(
+            "{} the OpenCode plugin {}",
+            would("updated", "would update"),
+            plugin.display()
+        )),
+    }
+
+    let base_url = crate::oauth::api_base_url(None, cfg.str("default_resource_url"));
+    let block = provider_block(&base_url);
+    if args.write_config {
+        write_config(&cfg.dir, &block, dry)?;
+    } else {
+        let file = config_file(&cfg.dir);
+        match std::fs::read_to_string(&file) {
+            Ok(text) if has_qwen_provider(&text) => msg::warn(&format!(
+                "{} already has a \"{PROVIDER_ID}\" provider",
+                file.display()
+            )),
+            _ => msg::warn(&format!(
+                "add this to {} (or rerun with --write-config):",
+                file.display()
+            )),
+        }
+    }
+    let mut shown = serde_json::to_string_pretty(&json!({ "provider": block }))
+        .map_err(|e| Error::Internal(format!("cannot print the provider block: {e}")))?;
+    shown.push('\n');
+    msg::out(&shown)?;
+    if !dry {
+        msg::warn(
+            "next: run `opencode auth login`, choose Qwen, then use a model such as qwen/coder-model",
+        );
+    }
+    Ok(())
+}
+
+fn install_plugin(path: &Path, dry: bool) -> Result<Step> {
+    let step = match std::fs::read(path) {
+        Ok(old) if old == PLUGIN.as_bytes() => return Ok(Step::Unchanged),
+        Ok(_) => Step::Updated,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Step::Created,
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    if !dry {
+        if let Some(dir) = path.parent() {
+            crate::store::ensure_dir(dir)?;
+        }
+        crate::store::write_atomic(path, PLUGIN.as_bytes())?;
+    }
+    Ok(step)
+}
+
+/// The `provider.qwen` entry of `opencode.json`. The models are those the Qwen Code CLI lists
+/// for Qwen OAuth: `coder-model`, and `vision-model` from releases before `coder-model` took
+/// images. The plugin sends each request to the account's own base URL; this one is the default.
+pub fn provider_block(base_url: &str) -> Value {
+    json!({
+        PROVIDER_ID: {
+            "npm": "@ai-sdk/openai-compatible",
+            "name": "Qwen (qwen-cred)",
+            "options": { "baseURL": base_url },
+            "models": {
+                "coder-model": { "name": "Qwen Coder" },
+                "vision-model": { "name": "Qwen Vision" },
+            },
+        }
+    })
+}
+
+/// `opencode.json`, or an existing `opencode.jsonc` when there is no `opencode.json`.
+fn config_file(dir: &Path) -> PathBuf {
+    let json = dir.join("opencode.json");
+    let jsonc = dir.join("opencode.jsonc");
+    if !json.exists() && jsonc.exists() {
+        jsonc
+    } else {
+        json
+    }
+}
+
+fn has_qwen_provider(text: &str) -> bool {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .is_some_and(|v| v["provider"].get(PROVIDER_ID).is_some())
+}
+
+fn write_config(dir: &Path, block: &Value, dry: bool) -> Result<()> {
+    let file = config_file(dir);
+    let old = match std::fs::read(&file) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io("cannot read", &file, e)),
+    };
+    let text = match &old {
+        Some(b) => std::str::from_utf8(b)
+            .map_err(|_| Error::File(format!("{}: not valid UTF-8", file.display())))?,
+        None => "",
+    };
+    let merged = merge_provider(text, block).map_err(|why| {
+        Error::File(format!(
+            "{}: {why}; add the provider block printed below by hand",
+            file.display()
+        ))
+    })?;
+    let Some(new_text) = merged else {
+        msg::warn(&format!(
+            "{} already has a \"{PROVIDER_ID}\" provider; left unchanged",
+            file.display()
+        ));
+        return Ok(());
+    };
+    // Write through a symlink (dotfile managers) instead of replacing it.
+    let target = match std::fs::symlink_metadata(&file) {
+        Ok(m) if m.file_type().is_symlink() => {
+            std::fs::canonicalize(&file).map_err(|e| Error::io("cannot resolve", &file, e))?
+        }
+        _ => file.clone(),
+    };
+    let backup = old.as_ref().map(|_| backup_path(&target));
+    if dry {
+        match &backup {
+            Some(b) => msg::warn(&format!(
+                "would add the \"{PROVIDER_ID}\" provider to {} (backup: {})",
+                file.display(),
+                b.display()
+            )),
+            None => msg::warn(&format!(
+                "would create {} with the \"{PROVIDER_ID}\" provider",
+                file.display()
+            )),
+        }
+        return Ok(());
+    }
+    let mode = std::fs::metadata(&target).ok().map(|m| m.permissions());
+    if let (Some(b), Some(bytes)) = (&backup, &old) {
+        crate::store::write_atomic(b, bytes)?;
+        if let Some(m) = &mode {
+            let _ = std::fs::set_permissions(b, m.clone());
+        }
+    }
+    crate::store::write_atomic(&target, new_text.as_bytes())?;
+    if let Some(m) = mode {
+        std::fs::set_permissions(&target, m)
+            .map_err(|e| Error::io("cannot set the permissions of", &target, e))?;
+    }
+    match &backup {
+        Some(b) => msg::warn(&format!(
+            "added the \"{PROVIDER_ID}\" provider to {} (backup: {})",
+            file.display(),
+            b.display()
+        )),
+        None => msg::warn(&format!(
+            "created {} with the \"{PROVIDER_ID}\" provider",
+            file.display()
+        )),
+    }
+    Ok(())
+}
+
+/// `F.bak`, or `F.bak.N` for the first N not taken: an older backup is never overwritten.
+fn backup_path(file: &Path) -> PathBuf {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let first = file.with_file_name(format!("{name}.bak"));
+    if !first.exists() {
+        return first;
+    }
+    (1..)
+        .map(|n| file.with_file_name(format!("{name}.bak.{n}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
+/// Adds `block` (an object `{ "qwen": ... }`) under `provider` of the config `text`.
+/// `Ok(None)`: a `qwen` provider is already there. `Err`: why the text cannot be edited safely.
+/// Key order and every other value are kept; the output is plain JSON, two-space indented.
+pub fn merge_provider(text: &str, block: &Value) -> std::result::Result<Option<String>, String> {
+    let mut root = if text.trim().is_empty() {
+        let mut m = Map::new();
+        m.insert("$schema".into(), json!("https://opencode.ai/config.json"));
+        m
+    } else {
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err("expected a JSON object".into()),
+            Err(e) if has_comments(text) => {
+                return Err(format!(
+                    "has comments (JSONC), which qwen-cred does not rewrite so as not to lose them ({e})"
+                ))
+            }
+            Err(e) => return Err(format!("not plain JSON ({e})")),
+        }
+    };
+    let providers = root
+        .entry("provider")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(providers) = providers else {
+        return Err("\"provider\" is not an object".into());
+    };
+    let Value::Object(add) = block else {
+        return Err("internal: the provider block is not an object".into());
+    };
+    if add.keys().any(|k| providers.contains_key(k)) {
+        return Ok(None);
+    }
+    for (k, v) in add {
+        providers.insert(k.clone(), v.clone());
+    }
+    let mut out = serde_json::to_string_pretty(&Value::Object(root))
+        .map_err(|e| format!("cannot serialize: {e}"))?;
+    out.push('\n');
+    Ok(Some(out))
+}
+
+/// A `//` or `/*` outside strings.
+fn has_comments(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut in_str = false;
+    let mut i = 0;
+    while i < b.len() {
+        match (in_str, b[i]) {
+            (true, b'\\') => i += 1,
+            (true, b'"') | (false, b'"') => in_str = !in_str,
+            (false, b'/') if matches!(b.get(i + 1), Some(b'/') | Some(b'*')) => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block() -> Value {
+        provider_block("https://portal.qwen.ai/v1")
+    }
+
+    fn parse(s: &str) -> Value {
+        serde_json::from_str(s).unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn empty_config_gets_schema_and_provider() {
+        let out = merge_provider("", &block())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let v = parse(&out);
+        assert_eq!(v["$schema"], "https://opencode.ai/config.json");
+        assert_eq!(v["provider"]["qwen"]["npm"], "@ai-sdk/openai-compatible");
+        assert_eq!(
+            v["provider"]["qwen"]["options"]["baseURL"],
+            "https://portal.qwen.ai/v1"
+        );
+        assert!(v["provider"]["qwen"]["models"]["coder-model"].is_object());
+        assert!(out.ends_with("}\n"), "{out}");
+    }
+
+    #[test]
+    fn existing_keys_and_providers_are_kept_in_order() {
+        let text = r#"{"theme": "dark", "provider": {"other": {"npm": "x", "models": {"m": {}}}}, "model": "other/m", "n": [1, 2.5, null]}"#;
+        let out = merge_provider(text, &block())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let v = parse(&out);
+        let keys: Vec<&String> = v
+            .as_object()
+            .map(|m| m.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(keys, ["theme", "provider", "model", "n"]);
+        let providers: Vec<&String> = v["provider"]
+            .as_object()
+            .map(|m| m.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(providers, ["other", "qwen"]);
+        assert_eq!(v["provider"]["other"], parse(text)["provider"]["other"]);
+        assert_eq!(v["n"], json!([1, 2.5, null]));
+    }
+
+    #[test]
+    fn merging_twice_changes_nothing() {
+        let once = merge_provider("{\"theme\": \"dark\"}", &block())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        assert_eq!(merge_provider(&once, &block()), Ok(None));
+        // A qwen provider of the user's own is never touched.
+        let mine = r#"{"provider": {"qwen": {"options": {"baseURL": "http://mine"}}}}"#;
+        assert_eq!(merge_provider(mine, &block()), Ok(None));
+    }
+
+    #[test]
+    fn jsonc_and_odd_shapes_are_refused_with_a_reason() {
+        let cases = [
+            ("{\n  // my settings\n  \"theme\": \"dark\"\n}", "comments"),
+            ("{ /* c */ \"theme\": \"dark\" }", "comments"),
+            ("{\"theme\": \"dark\",}", "not plain JSON"),
+            ("[1]", "JSON object"),
+            ("{\"provider\": []}", "not an object"),
+        ];
+        for (text, why) in cases {
+            let err = merge_provider(text, &block()).err().unwrap_or_default();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+        // Slashes inside strings are not comments.
+        let url = r#"{"$schema": "https://opencode.ai/config.json", "x": "a /* b"}"#;
+        assert!(matches!(merge_provider(url, &block()), Ok(Some(_))));
+        assert!(!has_comments(r#"{"a": "\" // not a comment"}"#));
+    }
+
+    #[test]
+    fn the_embedded_plugin_is_the_repo_file_and_registers_qwen() {
+        assert!(PLUGIN.contains("provider: PROVIDER"));
+        assert!(PLUGIN.contains("const PROVIDER = \"qwen\""));
+        assert!(PLUGIN.contains("export const QwenCredPlugin"));
+    }
 }

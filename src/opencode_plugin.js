@@ -1,0 +1,395 @@
+// qwen-cred plugin for OpenCode: Qwen OAuth with a pool of accounts.
+//
+// Installed by `qwen-cred opencode install` as <opencode config dir>/plugin/qwen-cred.js.
+// OpenCode reads a provider's apiKey once at start-up, so per-request tokens need a plugin whose
+// auth loader returns its own fetch. This file has no dependencies and no build step; it only
+// runs the qwen-cred binary ($QWEN_CRED_BIN, else `qwen-cred` on PATH).
+//
+// Tokens reach this plugin only through a child's stdout and leave it only in request headers:
+// never in argv, never in an error message. qwen-cred owns the tokens; what OpenCode stores in
+// its auth.json for provider "qwen" is a marker that makes it call the loader.
+
+import { spawn } from "node:child_process"
+
+const PROVIDER = "qwen"
+// The value OpenCode stores in auth.json instead of a token.
+const MARKER = "qwen-cred"
+// 2100-01-01: the marker never expires; qwen-cred refreshes the real tokens.
+const MARKER_EXPIRES = 4102444800000
+// At most 10 accounts: one attempt each, plus one for a retry on the same account.
+const MAX_ATTEMPTS = 11
+// token and report-429 may wait for a cooldown (max_rate_limit_wait_seconds, default 300 s).
+const CHILD_TIMEOUT_MS = Number(process.env.QWEN_CRED_PLUGIN_TIMEOUT_MS) || 15 * 60 * 1000
+// A device code lives a few minutes; this only stops a login that hangs.
+const LOGIN_TIMEOUT_MS = 30 * 60 * 1000
+const MAX_OUTPUT = 1024 * 1024
+
+function bin() {
+  return process.env.QWEN_CRED_BIN || "qwen-cred"
+}
+
+function abortError(signal) {
+  if (signal && signal.reason instanceof Error) return signal.reason
+  const e = new Error("The operation was aborted")
+  e.name = "AbortError"
+  return e
+}
+
+// Runs qwen-cred with `args` (never a token), `input` on stdin. Resolves { code, stdout, stderr }.
+function run(args, { input, signal, timeoutMs = CHILD_TIMEOUT_MS } = {}) {
+  return new Promise((resolve, reject) => {
+    if (signal && signal.aborted) return reject(abortError(signal))
+    let child
+    try {
+      child = spawn(bin(), args, { stdio: ["pipe", "pipe", "pipe"], env: process.env })
+    } catch (e) {
+      return reject(notFound(e))
+    }
+    let stdout = ""
+    let stderr = ""
+    let done = false
+    let timedOut = false
+    const onAbort = () => child.kill("SIGTERM")
+    const timer = setTimeout(() => {
+      timedOut = true
+      child.kill("SIGTERM")
+    }, timeoutMs)
+    if (signal) signal.addEventListener("abort", onAbort, { once: true })
+    const finish = (f) => {
+      if (done) return
+      done = true
+      clearTimeout(timer)
+      if (signal) signal.removeEventListener("abort", onAbort)
+      f()
+    }
+    child.stdout.setEncoding("utf8")
+    child.stderr.setEncoding("utf8")
+    child.stdout.on("data", (d) => {
+      if (stdout.length < MAX_OUTPUT) stdout += d
+    })
+    child.stderr.on("data", (d) => {
+      if (stderr.length < MAX_OUTPUT) stderr += d
+    })
+    child.on("error", (e) => finish(() => reject(notFound(e))))
+    child.on("close", (code) =>
+      finish(() => {
+        if (signal && signal.aborted) return reject(abortError(signal))
+        if (timedOut) {
+          return reject(new QwenCredError(`qwen-cred ${args[0]} did not finish within ${Math.round(timeoutMs / 1000)} s`))
+        }
+        resolve({ code: code ?? -1, stdout, stderr })
+      }),
+    )
+    child.stdin.on("error", () => {})
+    child.stdin.end(input ?? "")
+  })
+}
+
+class QwenCredError extends Error {
+  constructor(message) {
+    super(message)
+    this.name = "QwenCredError"
+  }
+}
+
+function notFound(e) {
+  if (e && e.code === "ENOENT") {
+    return new QwenCredError(
+      `Qwen: the qwen-cred program was not found (${bin()}). Install it and put it on PATH, or set QWEN_CRED_BIN to its path.`,
+    )
+  }
+  return new QwenCredError(`Qwen: cannot run qwen-cred (${bin()}): ${e && e.message}`)
+}
+
+// qwen-cred's stderr without its `qwen-cred: ` prefixes, on one line. It never holds a token.
+function said(stderr) {
+  return stderr
+    .split("\n")
+    .map((l) => l.replace(/^qwen-cred: /, "").trim())
+    .filter(Boolean)
+    .join(" ")
+}
+
+// "in 5h 3m" for a future instant; the words avoid digits OpenCode reads as HTTP statuses.
+function until(iso) {
+  const ms = Date.parse(iso) - Date.now()
+  if (!(ms > 0)) return ""
+  const m = Math.ceil(ms / 60000)
+  const h = Math.floor(m / 60)
+  return h > 0 ? ` (in ${h}h ${m % 60}m)` : ` (in ${m}m)`
+}
+
+// The error an OpenCode user sees when qwen-cred cannot serve, by exit code (cli.md).
+// Messages avoid "rate limit", status numbers and "try again later": OpenCode retries errors
+// that say so, which is pointless here.
+function failure(what, r) {
+  const detail = said(r.stderr)
+  switch (r.code) {
+    case 3:
+      return new QwenCredError(
+        `Qwen: no usable account in qwen-cred${detail ? ` (${detail})` : ""}. Log in with "opencode auth login" (choose Qwen) or run "qwen-cred login".`,
+      )
+    case 4: {
+      const at = (r.stderr.match(/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)/) || [])[0]
+      const when = at ? ` until ${at}${until(at)}` : ""
+      return new QwenCredError(
+        `Qwen: every account is out of quota or cooling down${when}. Wait until then, or add an account with "opencode auth login" (choose Qwen). Run "qwen-cred list" for details.`,
+      )
+    }
+    case 5:
+      return new QwenCredError(`Qwen: the Qwen sign-in server could not be reached or failed${detail ? ` (${detail})` : ""}. Retry in a while.`)
+    case 6:
+      return new QwenCredError(`Qwen: qwen-cred has a problem with a local file: ${detail}`)
+    case 7:
+      return new QwenCredError(`Qwen: login failed${detail ? `: ${detail}` : ""}. Log in again.`)
+    default:
+      return new QwenCredError(`Qwen: qwen-cred ${what} failed (exit ${r.code})${detail ? `: ${detail}` : ""}`)
+  }
+}
+
+async function token(signal) {
+  const r = await run(["token", "--format", "json"], { signal })
+  if (r.code !== 0) throw failure("token", r)
+  let t
+  try {
+    t = JSON.parse(r.stdout)
+  } catch {
+    t = null
+  }
+  if (!t || typeof t.headers !== "object" || !t.headers || t.account_id == null) {
+    // Never quote stdout here: it holds a token.
+    throw new QwenCredError(`Qwen: "${bin()} token --format json" printed no usable JSON; is QWEN_CRED_BIN a qwen-cred binary?`)
+  }
+  return t
+}
+
+const QUOTA = /insufficient_quota|quota/i
+
+function isQuota(status, body) {
+  return status === 429 || (status === 403 && QUOTA.test(body))
+}
+
+// A Retry-After value as given, if it is safe as one argv word (delta-seconds or HTTP-date).
+function retryAfterArg(v) {
+  return v && /^[0-9A-Za-z][0-9A-Za-z ,:.+-]{0,63}$/.test(v.trim()) ? ["--retry-after", v.trim()] : []
+}
+
+function trimSlash(s) {
+  return String(s).replace(/\/+$/, "")
+}
+
+// OpenCode builds URLs from the configured baseURL; the account's own API base (its
+// resource_url, via `token --format json`) wins.
+function rebase(url, configured, accountBase) {
+  if (!configured || !accountBase) return url
+  const from = trimSlash(configured)
+  const to = trimSlash(accountBase)
+  if (from === to || !url.startsWith(from)) return url
+  const rest = url.slice(from.length)
+  return rest === "" || rest.startsWith("/") || rest.startsWith("?") ? to + rest : url
+}
+
+// Splits fetch(input, init) into parts that can be sent again: the body is read once.
+async function replayable(input, init) {
+  init = init || {}
+  let url
+  let method = init.method
+  let headers
+  let body = init.body
+  let signal = init.signal
+  if (typeof Request !== "undefined" && input instanceof Request) {
+    url = input.url
+    method = method || input.method
+    headers = new Headers(init.headers || input.headers)
+    signal = signal || input.signal
+    if (body === undefined && input.body) body = await input.clone().arrayBuffer()
+  } else {
+    url = String(input)
+    headers = new Headers(init.headers || {})
+  }
+  if (body && typeof body === "object" && typeof body.getReader === "function") {
+    body = await new Response(body).arrayBuffer()
+  }
+  const rest = { ...init }
+  for (const k of ["method", "headers", "body", "signal", "duplex"]) delete rest[k]
+  return { url, method: method || "GET", headers, body, signal, rest }
+}
+
+function makeFetch(configuredBase) {
+  return async function qwenCredFetch(input, init) {
+    const req = await replayable(input, init)
+    let refreshed = false
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const t = await token(req.signal)
+      const headers = new Headers(req.headers)
+      headers.delete("authorization")
+      for (const [k, v] of Object.entries(t.headers)) headers.set(k, String(v))
+      const res = await fetch(rebase(req.url, configuredBase, t.base_url), {
+        ...req.rest,
+        method: req.method,
+        headers,
+        body: req.body,
+        signal: req.signal,
+      })
+      const id = String(t.account_id)
+      if (res.status === 401 && !refreshed) {
+        refreshed = true
+        await res.body?.cancel().catch(() => {})
+        const r = await run(["refresh", "--account", id, "--force"], { signal: req.signal })
+        if (r.code !== 0) throw failure("refresh", r)
+        continue
+      }
+      if (res.status !== 429 && res.status !== 403) return res
+      const text = await res.text()
+      if (!isQuota(res.status, text)) {
+        return new Response(text, { status: res.status, statusText: res.statusText, headers: res.headers })
+      }
+      const r = await run(
+        ["report-429", "--account", id, ...retryAfterArg(res.headers.get("retry-after")), "--body", "-"],
+        { input: text, signal: req.signal },
+      )
+      if (r.code !== 0) throw failure("report-429", r)
+    }
+    throw new QwenCredError(
+      `Qwen: every attempt (${MAX_ATTEMPTS}) was refused for quota; run "qwen-cred list" to see the accounts' state.`,
+    )
+  }
+}
+
+// Reads JSON lines from a running `qwen-cred login --json`.
+function startLogin(args) {
+  let child
+  try {
+    child = spawn(bin(), args, { stdio: ["ignore", "pipe", "pipe"], env: process.env })
+  } catch (e) {
+    return { verification: Promise.reject(notFound(e)), result: Promise.reject(notFound(e)) }
+  }
+  let buf = ""
+  let stderr = ""
+  let onVerification
+  let onResult
+  const verification = new Promise((res, rej) => (onVerification = { res, rej }))
+  const result = new Promise((res, rej) => (onResult = { res, rej }))
+  result.catch(() => {})
+  verification.catch(() => {})
+  const timer = setTimeout(() => child.kill("SIGTERM"), LOGIN_TIMEOUT_MS)
+  const event = (e) => {
+    if (e.event === "verification") onVerification.res(e)
+    else if (e.event === "success") onResult.res(e)
+    else if (e.event === "error") {
+      const err = loginFailure(typeof e.exit_code === "number" ? e.exit_code : 7, String(e.message || ""))
+      onVerification.rej(err)
+      onResult.rej(err)
+    }
+  }
+  child.stdout.setEncoding("utf8")
+  child.stderr.setEncoding("utf8")
+  child.stdout.on("data", (d) => {
+    buf += d
+    let i
+    while ((i = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, i).trim()
+      buf = buf.slice(i + 1)
+      if (!line) continue
+      try {
+        event(JSON.parse(line))
+      } catch {
+        // Not a JSON line: ignore.
+      }
+    }
+  })
+  child.stderr.on("data", (d) => {
+    if (stderr.length < MAX_OUTPUT) stderr += d
+  })
+  child.on("error", (e) => {
+    clearTimeout(timer)
+    onVerification.rej(notFound(e))
+    onResult.rej(notFound(e))
+  })
+  child.on("close", (code) => {
+    clearTimeout(timer)
+    const err = code === 0 ? new QwenCredError("Qwen: qwen-cred login ended without a result") : loginFailure(code, stderr)
+    // No effect on a promise already settled.
+    onVerification.rej(err)
+    onResult.rej(err)
+  })
+  return { verification, result, cancel: () => child.kill("SIGTERM") }
+}
+
+function loginFailure(code, stderr) {
+  if (code === 2) {
+    return new QwenCredError(
+      `Qwen: ${said(stderr) || "the account pool is full"}. Run "opencode auth login" again and choose "Replace one account" (with an id from "qwen-cred list") or "Start fresh".`,
+    )
+  }
+  return failure("login", { code, stderr })
+}
+
+function loginArgs(inputs) {
+  const args = ["login", "--json", "--no-browser"]
+  const mode = (inputs && inputs.mode) || "add"
+  if (mode === "fresh") args.push("--fresh")
+  if (mode === "replace") {
+    const id = String((inputs && inputs.replace) || "").trim()
+    if (!id) throw new QwenCredError('Qwen: say which account to replace (an id or email from "qwen-cred list")')
+    args.push("--replace", id)
+  }
+  return args
+}
+
+async function authorize(inputs) {
+  const login = startLogin(loginArgs(inputs))
+  const v = await login.verification
+  const url = v.verification_uri_complete || v.verification_uri
+  const minutes = v.expires_in ? ` within ${Math.max(1, Math.round(v.expires_in / 60))} min` : ""
+  return {
+    url,
+    instructions: `Open the link and approve${minutes}; if asked for a code, enter ${v.user_code}. qwen-cred adds the account to its pool.`,
+    method: "auto",
+    async callback() {
+      try {
+        await login.result
+        return { type: "success", access: MARKER, refresh: MARKER, expires: MARKER_EXPIRES }
+      } catch {
+        return { type: "failed" }
+      }
+    },
+  }
+}
+
+export const QwenCredPlugin = async () => ({
+  auth: {
+    provider: PROVIDER,
+    async loader(_auth, provider) {
+      const configured = provider && provider.options && provider.options.baseURL
+      return { apiKey: "", fetch: makeFetch(configured) }
+    },
+    methods: [
+      {
+        type: "oauth",
+        label: "Qwen OAuth via qwen-cred (multi-account)",
+        prompts: [
+          {
+            type: "select",
+            key: "mode",
+            message: "Qwen accounts",
+            options: [
+              { label: "Add an account", value: "add", hint: "keeps the accounts already in the pool" },
+              { label: "Start fresh", value: "fresh", hint: "the new account replaces all others once it is in" },
+              { label: "Replace one account", value: "replace", hint: "when the pool is full (10)" },
+            ],
+          },
+          {
+            type: "text",
+            key: "replace",
+            message: 'Account to replace (id or email, see "qwen-cred list")',
+            validate: (v) => (String(v || "").trim() ? undefined : "an account id or email is needed"),
+            when: { key: "mode", op: "eq", value: "replace" },
+            condition: (inputs) => inputs.mode === "replace",
+          },
+        ],
+        authorize,
+      },
+    ],
+  },
+})

@@ -1,0 +1,747 @@
+//! The OpenCode integration: `qwen-cred opencode install`, and the plugin it writes, driven
+//! the way OpenCode drives it. The end-to-end test runs the real `opencode` binary
+//! (`$QWEN_CRED_TEST_OPENCODE`, else `opencode` on PATH) headless; the others import the plugin
+//! with node. Without those programs a test says it was skipped, except under `CI`, where it
+//! fails. Everything runs against the mock on 127.0.0.1 in a temp HOME and XDG tree.
+
+use crate::util::mock::{ApiReply, Approval, Mock, Outcome};
+use crate::util::{self, now_ms, text, Env, BIN};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// What OpenCode's auth.json holds for `qwen` after the plugin's OAuth callback: a marker.
+const AUTH_MARKER: &str = r#"{"qwen":{"type":"oauth","access":"qwen-cred","refresh":"qwen-cred","expires":4102444800000}}"#;
+/// Bounds every run of opencode or node; a hung run is killed and the test fails.
+const RUN_LIMIT: Duration = Duration::from_secs(150);
+
+/// A temp tree laid out as OpenCode expects, with the OpenCode config dir `D` (also
+/// qwen-cred's `QWEN_CRED_CONFIG_DIR`) at `$XDG_CONFIG_HOME/opencode`.
+struct Oc {
+    env: Env,
+    dir: PathBuf,
+}
+
+impl Oc {
+    fn new(mock: &Mock) -> Oc {
+        let mut env = Env::with_mock(mock);
+        let dir = env.root.join("xdg/opencode");
+        for d in [
+            &dir,
+            &env.root.join("data/opencode"),
+            &env.root.join("work"),
+        ] {
+            std::fs::create_dir_all(d).expect("create dir");
+        }
+        env.set("QWEN_CRED_CONFIG_DIR", &dir.to_string_lossy());
+        Oc { env, dir }
+    }
+
+    fn store_path(&self) -> PathBuf {
+        self.dir.join("qwen-accounts.json")
+    }
+
+    fn write_store(&self, v: &Value) {
+        util::write_private(&self.store_path(), &serde_json::to_vec(v).expect("json"));
+    }
+
+    fn read_store(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.store_path()).expect("read store"))
+            .expect("store parses")
+    }
+
+    fn plugin_path(&self) -> PathBuf {
+        self.dir.join("plugin/qwen-cred.js")
+    }
+
+    /// A `QWEN_CRED_BIN` that logs its argv to `argv.log` and runs the real binary, so a test
+    /// can check that no token ever reaches a command line.
+    fn logging_bin(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.env.root.join("qwen-cred-logged");
+        if path.exists() {
+            return path;
+        }
+        let log = self.env.root.join("argv.log");
+        let script = format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            BIN
+        );
+        std::fs::write(&path, script).expect("write wrapper");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
+    fn argv_log(&self) -> String {
+        std::fs::read_to_string(self.env.root.join("argv.log")).unwrap_or_default()
+    }
+
+    /// `program` in this tree's environment and nothing else from the caller's.
+    fn command(&self, program: &Path, qwen_cred_bin: &Path) -> Command {
+        let root = &self.env.root;
+        let mut c = Command::new(program);
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", root.join("home"))
+            .env("XDG_CONFIG_HOME", root.join("xdg"))
+            .env("XDG_DATA_HOME", root.join("data"))
+            .env("XDG_CACHE_HOME", root.join("cache"))
+            .env("XDG_STATE_HOME", root.join("state"))
+            .env("QWEN_CRED_QWEN_DIR", self.env.qwen_dir())
+            .env("QWEN_CRED_BIN", qwen_cred_bin)
+            .env("BROWSER", "true")
+            .env("NO_COLOR", "1")
+            .env("OPENCODE_DISABLE_AUTOUPDATE", "1")
+            .env("OPENCODE_DISABLE_MODELS_FETCH", "1")
+            .env("OPENCODE_DISABLE_SHARE", "1")
+            .env("OPENCODE_DISABLE_LSP_DOWNLOAD", "1")
+            .env("OPENCODE_DISABLE_CLAUDE_CODE", "1")
+            .env("OPENCODE_DISABLE_PROJECT_CONFIG", "1")
+            .current_dir(root.join("work"))
+            .stdin(Stdio::null());
+        if std::env::var_os("QWEN_CRED_TEST_OPENCODE_PLUGIN_CACHE").is_some() {
+            // With the package linked in, nothing may come from the registry.
+            c.env("npm_config_registry", "http://127.0.0.1:9/");
+        }
+        for (k, v) in &self.env.vars {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs to completion within [`RUN_LIMIT`]; (exit code, stdout, stderr).
+    fn run(&self, mut cmd: Command, what: &str) -> (Option<i32>, String, String) {
+        let out_path = self.env.root.join(format!("{what}.out"));
+        let err_path = self.env.root.join(format!("{what}.err"));
+        let mut child = cmd
+            .stdout(std::fs::File::create(&out_path).expect("create out"))
+            .stderr(std::fs::File::create(&err_path).expect("create err"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let mut status = None;
+        let finished = util::wait_for(RUN_LIMIT.as_secs(), || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        let read = |p: &Path| text(&std::fs::read(p).unwrap_or_default());
+        if !finished {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} did not finish within {RUN_LIMIT:?}\nstdout: {}\nstderr: {}",
+                read(&out_path),
+                read(&err_path)
+            );
+        }
+        (
+            status.and_then(|s| s.code()),
+            read(&out_path),
+            read(&err_path),
+        )
+    }
+}
+
+/// A program from `$var` (which must exist), else from PATH. `None` (with a SKIPPED line on
+/// stderr) when absent, but a failure under `CI`, where the tests must run.
+fn program(var: &str, name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "{var}={} is not a file", p.display());
+        return Some(p);
+    }
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but {name} is not installed: set {var} (see .ci/run)"
+        );
+        eprintln!("SKIPPED: {name} not installed (set {var} or put {name} on PATH)");
+    }
+    found
+}
+
+/// Hard-links (or copies) a directory tree; symlinks are recreated as they are.
+fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if kind.is_dir() {
+            link_tree(&src, &dst)?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// OpenCode npm-installs `@opencode-ai/plugin` into a config dir that holds plugins, and waits
+/// minutes when the registry is out of reach. `$QWEN_CRED_TEST_OPENCODE_PLUGIN_CACHE` is a
+/// folder where .ci/run installed it once; its package files and node_modules go into `dir`.
+fn link_plugin_package(dir: &Path) {
+    let Some(cache) = std::env::var_os("QWEN_CRED_TEST_OPENCODE_PLUGIN_CACHE") else {
+        eprintln!(
+            "note: QWEN_CRED_TEST_OPENCODE_PLUGIN_CACHE is not set; OpenCode installs @opencode-ai/plugin from the registry"
+        );
+        return;
+    };
+    let cache = PathBuf::from(cache);
+    for f in ["package.json", "package-lock.json"] {
+        std::fs::copy(cache.join(f), dir.join(f))
+            .unwrap_or_else(|e| panic!("{}: {e}", cache.join(f).display()));
+    }
+    link_tree(&cache.join("node_modules"), &dir.join("node_modules")).expect("link node_modules");
+}
+
+/// The next 00:00 at UTC+08:00 (the default quota reset) after `now`, in Unix ms.
+fn next_daily_reset(now: i64) -> i64 {
+    const DAY: i64 = 86_400_000;
+    const AT: i64 = 16 * 3_600_000; // 00:00 +08:00 is 16:00 UTC
+    (now - AT).div_euclid(DAY) * DAY + DAY + AT
+}
+
+fn chat_requests(mock: &Mock) -> Vec<util::mock::Request> {
+    mock.requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/chat/completions")
+        .collect()
+}
+
+/// The integration headers of qwen-oauth.md ("The API") on one API request.
+fn assert_api_headers(r: &util::mock::Request, token: &str) {
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
+    assert_eq!(r.header("x-dashscope-authtype"), Some("qwen-oauth"));
+    assert_eq!(r.header("x-dashscope-cachecontrol"), Some("enable"));
+    let ua = r.header("user-agent").unwrap_or_default();
+    assert!(ua.starts_with("qwen-cred/"), "User-Agent: {ua}");
+    assert_eq!(r.header("x-dashscope-useragent"), Some(ua));
+}
+
+fn assert_no_token_in_argv(oc: &Oc, tokens: &[&str]) {
+    let log = oc.argv_log();
+    assert!(!log.is_empty(), "QWEN_CRED_BIN was never run");
+    for t in tokens {
+        assert!(!log.contains(t), "token {t} in argv:\n{log}");
+    }
+    assert!(!log.contains("Bearer"), "{log}");
+}
+
+/// Two accounts the mock knows, both with the API at the mock.
+fn two_accounts(mock: &Mock) -> (u64, u64, Value) {
+    let a1 = mock.add_account("rt-1", "at-1");
+    let a2 = mock.add_account("rt-2", "at-2");
+    let mut store = util::store_with(2);
+    for a in store["accounts"].as_array_mut().expect("accounts") {
+        a["resource_url"] = json!(mock.base_url());
+    }
+    (a1, a2, store)
+}
+
+#[test]
+fn install_writes_the_plugin_and_merges_the_provider_idempotently() {
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    let config = oc.dir.join("opencode.json");
+    std::fs::write(
+        &config,
+        "{\"theme\": \"dark\", \"provider\": {\"other\": {}}}\n",
+    )
+    .expect("write config");
+
+    let (out, err) = oc
+        .env
+        .expect(&["opencode", "install", "--dry-run", "--write-config"], 0);
+    assert!(
+        err.contains("would write") && err.contains("would add"),
+        "{err}"
+    );
+    assert!(!oc.plugin_path().exists());
+    assert!(!oc.dir.join("opencode.json.bak").exists());
+    let block: Value = serde_json::from_str(&out).expect("stdout is the provider block");
+    assert_eq!(
+        block["provider"]["qwen"]["options"]["baseURL"],
+        "https://portal.qwen.ai/v1"
+    );
+    assert!(block["provider"]["qwen"]["models"]["coder-model"].is_object());
+
+    let (_, err) = oc.env.expect(&["opencode", "install", "--write-config"], 0);
+    assert!(err.contains("backup"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(oc.plugin_path()).expect("plugin"),
+        include_str!("../src/opencode_plugin.js")
+    );
+    let merged: Value =
+        serde_json::from_slice(&std::fs::read(&config).expect("read")).expect("plain JSON");
+    assert_eq!(merged["theme"], "dark");
+    assert_eq!(merged["provider"]["other"], json!({}));
+    assert_eq!(merged["provider"]["qwen"], block["provider"]["qwen"]);
+    assert_eq!(
+        std::fs::read_to_string(oc.dir.join("opencode.json.bak")).expect("backup"),
+        "{\"theme\": \"dark\", \"provider\": {\"other\": {}}}\n"
+    );
+
+    // Idempotent: nothing changes, no second backup.
+    let before = std::fs::read(&config).expect("read");
+    let (_, err) = oc.env.expect(&["opencode", "install", "--write-config"], 0);
+    assert!(
+        err.contains("up to date") && err.contains("already has"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&config).expect("read"), before);
+    assert!(!oc.dir.join("opencode.json.bak.1").exists());
+
+    // JSONC with comments is refused (exit 6) and left as it was.
+    std::fs::remove_file(&config).expect("rm");
+    let jsonc = oc.dir.join("opencode.jsonc");
+    let commented = "{\n  // mine\n  \"theme\": \"dark\"\n}\n";
+    std::fs::write(&jsonc, commented).expect("write jsonc");
+    let (out, err) = oc.env.expect(&["opencode", "install", "--write-config"], 6);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("opencode.jsonc") && err.contains("comments"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&jsonc).expect("read"), commented);
+}
+
+/// The issue's end-to-end run: real OpenCode, account 1 out of quota, account 2 answers.
+#[test]
+fn opencode_run_rotates_to_the_second_account_on_quota() {
+    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
+        return;
+    };
+    let mock = Mock::start();
+    let mut oc = Oc::new(&mock);
+    let (a1, a2, store) = two_accounts(&mock);
+    mock.api_script_for(a1, ApiReply::QuotaExceeded);
+    oc.write_store(&store);
+
+    std::fs::write(
+        oc.dir.join("opencode.json"),
+        r#"{"$schema": "https://opencode.ai/config.json", "autoupdate": false}"#,
+    )
+    .expect("write opencode.json");
+    oc.env
+        .set("QWEN_CRED_DEFAULT_RESOURCE_URL", &mock.base_url());
+    oc.env.expect(&["opencode", "install", "--write-config"], 0);
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(oc.dir.join("opencode.json")).expect("read"))
+            .expect("json");
+    assert_eq!(
+        config["provider"]["qwen"]["options"]["baseURL"],
+        format!("{}/v1", mock.base_url())
+    );
+    util::write_private(
+        &oc.env.root.join("data/opencode/auth.json"),
+        AUTH_MARKER.as_bytes(),
+    );
+    link_plugin_package(&oc.dir);
+
+    let bin = oc.logging_bin();
+    let before = now_ms();
+    let mut cmd = oc.command(&opencode, &bin);
+    cmd.args(["run", "-m", "qwen/coder-model", "say hi"]);
+    let (code, out, err) = oc.run(cmd, "opencode");
+    let after = now_ms();
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("hello from account 2"),
+        "stdout: {out}\nstderr: {err}"
+    );
+
+    let chats = chat_requests(&mock);
+    assert!(chats.len() >= 2, "{chats:?}");
+    assert_api_headers(&chats[0], "at-1");
+    let second = chats
+        .iter()
+        .position(|r| r.header("authorization") == Some("Bearer at-2"))
+        .expect("a request with account 2's token");
+    assert!(second > 0);
+    assert_api_headers(&chats[second], "at-2");
+    assert!(mock.state(|s| s.api_ok.get(&a2).copied().unwrap_or(0)) >= 1);
+
+    let s = oc.read_store();
+    let acct1 = &s["accounts"][0];
+    assert_eq!(acct1["id"], "1");
+    assert_eq!(acct1["rate_limit_reason"], "quota", "{acct1}");
+    let resets = acct1["rate_limit_resets_at"].as_i64().expect("resets_at");
+    assert!(
+        resets == next_daily_reset(before) || resets == next_daily_reset(after),
+        "resets_at {resets}, expected {}",
+        next_daily_reset(before)
+    );
+    assert_eq!(s["current_account_id"], "2");
+    assert_no_token_in_argv(&oc, &["at-1", "at-2", "rt-1", "rt-2"]);
+    let log = oc.argv_log();
+    assert!(log.contains("token --format json"), "{log}");
+    assert!(log.contains("report-429 --account 1 --body -"), "{log}");
+}
+
+/// Imports the installed plugin with node and runs one step the way OpenCode does; prints one
+/// JSON line per result.
+const DRIVER: &str = r#"
+import { pathToFileURL } from "node:url"
+const [plugin, plan] = [process.argv[2], JSON.parse(process.argv[3])]
+const say = (o) => console.log(JSON.stringify(o))
+const mod = await import(pathToFileURL(plugin).href)
+const fns = Object.values(mod).filter((f) => typeof f === "function")
+if (fns.length !== 1) throw new Error(`the plugin exports ${fns.length} functions`)
+const hooks = await fns[0]({})
+const auth = hooks.auth
+try {
+  if (plan.step === "describe") {
+    say({ provider: auth.provider, methods: auth.methods.map((m) => ({ type: m.type, label: m.label, prompts: m.prompts })) })
+  } else if (plan.step === "login") {
+    const r = await auth.methods[0].authorize(plan.inputs)
+    say({ url: r.url, instructions: r.instructions, method: r.method })
+    say({ result: await r.callback() })
+  } else if (plan.step === "fetch") {
+    const opts = await auth.loader(async () => JSON.parse(plan.auth), { options: { baseURL: plan.base } })
+    say({ apiKey: opts.apiKey })
+    const res = await opts.fetch(plan.base + "/chat/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: "Bearer " },
+      body: JSON.stringify({ model: "coder-model", messages: [{ role: "user", content: "hi" }] }),
+    })
+    say({ status: res.status, body: await res.text() })
+  }
+} catch (e) {
+  say({ error: String(e && e.message), name: e && e.name })
+}
+"#;
+
+fn node_step(oc: &Oc, node: &Path, plan: Value) -> Vec<Value> {
+    let driver = oc.env.root.join("driver.mjs");
+    std::fs::write(&driver, DRIVER).expect("write driver");
+    let bin = oc.logging_bin();
+    let mut cmd = oc.command(node, &bin);
+    cmd.arg(&driver).arg(oc.plugin_path()).arg(plan.to_string());
+    let (code, out, err) = oc.run(cmd, "node");
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}\nstderr: {err}")))
+        .collect()
+}
+
+fn refresh_tokens(store: &Value) -> Vec<String> {
+    store["accounts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x["refresh_token"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `opencode auth login`'s side of the plugin: prompts, authorize (URL and code), callback.
+#[test]
+fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+
+    let d = node_step(&oc, &node, json!({"step": "describe"}));
+    assert_eq!(d[0]["provider"], "qwen");
+    let m = &d[0]["methods"][0];
+    assert_eq!(m["type"], "oauth");
+    assert_eq!(m["prompts"][0]["type"], "select");
+    let values: Vec<&str> = m["prompts"][0]["options"]
+        .as_array()
+        .map(|o| o.iter().filter_map(|x| x["value"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(values, ["add", "fresh", "replace"]);
+    assert_eq!(
+        m["prompts"][1]["when"],
+        json!({"key": "mode", "op": "eq", "value": "replace"})
+    );
+
+    // Empty pool: add.
+    mock.push_approval(mock.approval(Some("new@example.com")));
+    let r = node_step(
+        &oc,
+        &node,
+        json!({"step": "login", "inputs": {"mode": "add"}}),
+    );
+    let url = r[0]["url"].as_str().unwrap_or_default();
+    assert!(
+        url.starts_with(&format!("{}/authorize?user_code=", mock.base_url())),
+        "{r:?}"
+    );
+    let code = url.rsplit('=').next().unwrap_or_default();
+    assert!(
+        r[0]["instructions"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(code),
+        "{r:?}"
+    );
+    assert_eq!(r[0]["method"], "auto");
+    assert_eq!(
+        r[1]["result"],
+        json!({"type": "success", "access": "qwen-cred", "refresh": "qwen-cred", "expires": 4102444800000_i64})
+    );
+    let s = oc.read_store();
+    assert_eq!(s["accounts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(s["accounts"][0]["email"], "new@example.com");
+
+    // Full pool: "add" explains the choices and changes nothing; "replace" and "fresh" work.
+    oc.write_store(&util::store_with(10));
+    let r = node_step(
+        &oc,
+        &node,
+        json!({"step": "login", "inputs": {"mode": "add"}}),
+    );
+    let msg = r[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("Replace one account") && msg.contains("Start fresh"),
+        "{r:?}"
+    );
+    assert_eq!(refresh_tokens(&oc.read_store()).len(), 10);
+
+    let r = node_step(
+        &oc,
+        &node,
+        json!({"step": "login", "inputs": {"mode": "replace", "replace": "3"}}),
+    );
+    assert_eq!(r[1]["result"]["type"], "success", "{r:?}");
+    let rts = refresh_tokens(&oc.read_store());
+    assert_eq!(rts.len(), 10);
+    assert!(!rts.contains(&"rt-3".to_string()), "{rts:?}");
+    let newest = mock.state(|s| s.issued.last().map(|i| i.refresh_token.clone()));
+    assert!(newest.is_some_and(|t| rts.contains(&t)));
+
+    let r = node_step(
+        &oc,
+        &node,
+        json!({"step": "login", "inputs": {"mode": "fresh"}}),
+    );
+    assert_eq!(r[1]["result"]["type"], "success", "{r:?}");
+    assert_eq!(refresh_tokens(&oc.read_store()).len(), 1);
+
+    // A denied login: the URL is shown, then the callback reports failure.
+    mock.push_approval(Approval {
+        outcome: Outcome::Deny,
+        ..Approval::default()
+    });
+    let r = node_step(
+        &oc,
+        &node,
+        json!({"step": "login", "inputs": {"mode": "add"}}),
+    );
+    assert_eq!(r[0]["method"], "auto", "{r:?}");
+    assert_eq!(r[1]["result"], json!({"type": "failed"}));
+    assert_eq!(refresh_tokens(&oc.read_store()).len(), 1);
+    assert!(oc
+        .argv_log()
+        .contains("login --json --no-browser --replace 3"));
+}
+
+/// The loader's fetch without OpenCode: a 401 costs one forced refresh; a 403 quota text and
+/// a 429 rotate; when every account is spent the error names the reset time and what to do.
+#[test]
+fn plugin_fetch_refreshes_on_401_and_explains_an_exhausted_pool() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    let (a1, a2, store) = two_accounts(&mock);
+    oc.write_store(&store);
+    oc.env.expect(&["opencode", "install"], 0);
+    let plan =
+        json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()), "auth": AUTH_MARKER});
+
+    mock.api_script_for(a1, ApiReply::Unauthorized);
+    let r = node_step(&oc, &node, plan.clone());
+    assert_eq!(r[0]["apiKey"], "");
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert!(r[1]["body"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("hello from account 1"));
+    assert_eq!(mock.count_refreshes(), 1);
+    let chats = chat_requests(&mock);
+    assert_eq!(chats.len(), 2);
+    assert_api_headers(&chats[0], "at-1");
+    let fresh = chats[1].header("authorization").unwrap_or_default();
+    assert!(
+        fresh.starts_with("Bearer ") && fresh != "Bearer at-1",
+        "{fresh}"
+    );
+    assert_eq!(
+        mock.account_of(fresh.trim_start_matches("Bearer ")),
+        Some(a1)
+    );
+
+    mock.api_script_for(
+        a1,
+        ApiReply::Status {
+            status: 403,
+            headers: vec![],
+            body: "Free allocated quota exceeded.".into(),
+        },
+    );
+    mock.api_script_for(a2, ApiReply::QuotaExceeded);
+    let before = now_ms();
+    let r = node_step(&oc, &node, plan);
+    let msg = r[1]["error"].as_str().unwrap_or_default();
+    assert_eq!(r[1]["name"], "QwenCredError", "{r:?}");
+    assert!(
+        msg.contains("out of quota") && msg.contains("opencode auth login"),
+        "{msg}"
+    );
+    let at = next_daily_reset(before);
+    let shown = time_rfc3339(at);
+    assert!(msg.contains(&shown), "{msg} should name {shown}");
+    let chats = chat_requests(&mock);
+    assert_eq!(chats.len(), 4, "{chats:?}");
+    assert_eq!(chats[3].header("authorization"), Some("Bearer at-2"));
+    let s = oc.read_store();
+    for a in s["accounts"].as_array().expect("accounts") {
+        assert_eq!(a["rate_limit_reason"], "quota", "{a}");
+    }
+    assert_no_token_in_argv(&oc, &["at-1", "at-2", "rt-1", "rt-2"]);
+    let log = oc.argv_log();
+    assert!(log.contains("refresh --account 1 --force"), "{log}");
+    assert!(log.contains("report-429 --account 2 --body -"), "{log}");
+}
+
+/// Unix ms as qwen-cred prints it: RFC 3339 UTC, whole seconds.
+fn time_rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// A private tmux server (its own socket) running in the test's environment.
+struct Tmux<'a> {
+    oc: &'a Oc,
+    tmux: PathBuf,
+    socket: PathBuf,
+}
+
+impl Tmux<'_> {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        let mut c = self.oc.command(&self.tmux, &self.oc.logging_bin());
+        c.arg("-S")
+            .arg(&self.socket)
+            .args(["-f", "/dev/null"])
+            .args(args);
+        c.output().expect("run tmux")
+    }
+
+    fn screen(&self) -> String {
+        text(
+            &self
+                .cmd(&["capture-pane", "-p", "-J", "-S", "-200", "-t", "oc"])
+                .stdout,
+        )
+    }
+
+    /// Polls the screen until it shows `what`; panics with the screen after `secs`.
+    fn wait_for(&self, what: &str, secs: u64) -> String {
+        let end = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let screen = self.screen();
+            if screen.contains(what) {
+                return screen;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "the screen never showed {what:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux<'_> {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+/// `opencode auth login` for real, under tmux: pick Qwen, "Add an account", and OpenCode shows
+/// the mock's URL, waits for the approval and stores the marker in its auth.json.
+#[test]
+fn opencode_auth_login_adds_an_account_under_tmux() {
+    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
+        return;
+    };
+    let Some(tmux) = program("QWEN_CRED_TEST_TMUX", "tmux") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+    link_plugin_package(&oc.dir);
+    mock.push_approval(Approval {
+        pending_polls: 2,
+        ..mock.approval(Some("tmux@example.com"))
+    });
+
+    let t = Tmux {
+        oc: &oc,
+        tmux,
+        socket: oc.env.root.join("tmux.sock"),
+    };
+    let script = format!(
+        "'{}' auth login; echo \"opencode exited: $?\"; sleep 120",
+        opencode.display()
+    );
+    let o = t.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "oc",
+        "-x",
+        "150",
+        "-y",
+        "40",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(o.status.success(), "tmux: {}", text(&o.stderr));
+    t.wait_for("Select provider", 60);
+    t.cmd(&["send-keys", "-t", "oc", "qwen"]);
+    t.wait_for("(1 match)", 30);
+    t.cmd(&["send-keys", "-t", "oc", "Enter"]);
+    t.wait_for("Add an account", 30);
+    t.cmd(&["send-keys", "-t", "oc", "Enter"]);
+    let screen = t.wait_for("opencode exited: 0", 90);
+    assert!(screen.contains("Login successful"), "{screen}");
+    assert!(
+        screen.contains(&format!("{}/authorize?user_code=", mock.base_url())),
+        "{screen}"
+    );
+
+    let auth: Value = serde_json::from_slice(
+        &std::fs::read(oc.env.root.join("data/opencode/auth.json")).expect("auth.json"),
+    )
+    .expect("auth.json parses");
+    assert_eq!(auth["qwen"]["type"], "oauth");
+    assert_eq!(auth["qwen"]["access"], "qwen-cred");
+    let s = oc.read_store();
+    assert_eq!(s["accounts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(s["accounts"][0]["email"], "tmux@example.com");
+    assert!(oc.argv_log().contains("login --json --no-browser"));
+}
