@@ -2,20 +2,22 @@
 //! per-account refresh lock is held across "re-read, HTTP, persist", the store lock only for
 //! the read and the write, so a slow refresh of one account never blocks callers of another,
 //! and a waiter adopts the token the winner stored instead of spending the refresh token
-//! again (RFC 6749 §10.4: a rotated refresh token is single-use).
+//! again (RFC 6749 §10.4: a rotated refresh token is single-use). An account linked to the
+//! Qwen CLI's file is also kept in step with that file, under that CLI's lock (qwen_cli.rs).
 
 use crate::commands::transact;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::oauth::{self, RefreshError};
+use crate::qwen_cli::{Creds, FileSync};
 use crate::secret::Secret;
 use crate::store::{Account, Status};
 use std::time::Duration;
 
 /// What became of a refresh.
 pub enum Refreshed {
-    /// The account now holds a fresh token (ours, or one another process stored meanwhile)
-    /// valid until this time.
+    /// The account now holds a fresh token (ours, one another process stored meanwhile, or
+    /// the Qwen CLI's) valid until this time.
     Fresh { expiry_date: i64 },
     /// The server said the refresh token is dead; the account is now revoked.
     Revoked,
@@ -45,6 +47,28 @@ pub fn refresh_account(
             expiry_date: current.expiry_date,
         });
     }
+    // An account imported from the Qwen CLI shares its refresh token with it: hold that CLI's
+    // lock (after ours, before the store's) across "read the file, adopt or refresh, write
+    // back", so neither side spends a token the other has rotated (files.md).
+    let sync = if cfg.bool("sync_qwen_cli") {
+        FileSync::begin(cfg, &current)?
+    } else {
+        None
+    };
+    let adopted = match &sync {
+        Some(s) => s.adopt(cfg, id)?,
+        None => None,
+    };
+    // Tokens adopted from the file are refreshed in turn if they still need it.
+    let current = match adopted {
+        Some(a) if !still_needed(&a) => {
+            return Ok(Refreshed::Fresh {
+                expiry_date: a.expiry_date,
+            })
+        }
+        Some(a) => a,
+        None => current,
+    };
     let used = current.refresh_token.clone();
     let client = oauth::Client::new(&cfg.oauth_settings())?;
     crate::msg::debug(&format!(
@@ -54,25 +78,25 @@ pub fn refresh_account(
     match with_retries(cfg, || client.refresh(&used)) {
         Ok(tok) => {
             let now = crate::now_ms();
+            let new = Creds {
+                access_token: tok.access_token,
+                // qwen-oauth.md: keep the old refresh token and resource_url when omitted.
+                refresh_token: tok.refresh_token.unwrap_or_else(|| used.clone()),
+                token_type: tok.token_type,
+                resource_url: tok.resource_url.or(current.resource_url),
+                expiry_date: now.saturating_add(tok.expires_in.saturating_mul(1000) as i64),
+            };
+            // The file first: should the store write fail, the next refresh adopts from it.
+            if let Some(s) = &sync {
+                s.write_back(&used, &new);
+            }
             transact(cfg, |s| {
                 let i = s.find_id(id)?;
                 let a = &mut s.accounts[i];
                 // A login or import may have replaced the tokens meanwhile; theirs win.
-                if a.refresh_token != used {
-                    return Ok(Refreshed::Fresh {
-                        expiry_date: a.expiry_date,
-                    });
+                if a.refresh_token == used {
+                    new.apply_to(a);
                 }
-                a.access_token = tok.access_token.clone();
-                // qwen-oauth.md: keep the old refresh token and resource_url when omitted.
-                if let Some(rt) = &tok.refresh_token {
-                    a.refresh_token = rt.clone();
-                }
-                if let Some(r) = &tok.resource_url {
-                    a.resource_url = Some(r.clone());
-                }
-                a.token_type = tok.token_type.clone();
-                a.expiry_date = now.saturating_add(tok.expires_in.saturating_mul(1000) as i64);
                 Ok(Refreshed::Fresh {
                     expiry_date: a.expiry_date,
                 })

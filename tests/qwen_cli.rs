@@ -1,0 +1,392 @@
+//! Keeping an account imported from the Qwen CLI in step with its `oauth_creds.json`
+//! (`sync_qwen_cli`), under the Qwen CLI's own `oauth_creds.lock`, against the mock with
+//! rotating refresh tokens.
+
+use crate::util::mock::{Mock, CLIENT_ID};
+use crate::util::{self, account, mode, Env};
+use serde_json::{json, Value};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// An env whose refresh retries are immediate.
+fn env_for(mock: &Mock) -> Env {
+    let mut env = Env::with_mock(mock);
+    env.set("QWEN_CRED_TOKEN_REFRESH_RETRY_DELAY_MS", "0");
+    env
+}
+
+fn cli_file(env: &Env) -> PathBuf {
+    env.qwen_dir().join("oauth_creds.json")
+}
+
+fn cli_lock(env: &Env) -> PathBuf {
+    env.qwen_dir().join("oauth_creds.lock")
+}
+
+/// The Qwen CLI's file with these tokens, valid for `valid_for_s`, plus `extra` fields.
+fn write_cli_file(env: &Env, access: &str, refresh: &str, valid_for_s: i64, extra: Value) {
+    let mut v = json!({
+        "access_token": access,
+        "refresh_token": refresh,
+        "token_type": "Bearer",
+        "resource_url": "portal.qwen.ai",
+        "expiry_date": util::now_ms() + valid_for_s * 1000,
+    });
+    if let (Some(m), Value::Object(x)) = (v.as_object_mut(), extra) {
+        m.extend(x);
+    }
+    util::write_private(
+        &cli_file(env),
+        &serde_json::to_vec_pretty(&v).expect("json"),
+    );
+}
+
+fn read_cli_file(env: &Env) -> Value {
+    serde_json::from_slice(&fs::read(cli_file(env)).expect("read the Qwen CLI file"))
+        .expect("the Qwen CLI file parses")
+}
+
+/// A store whose one account is linked to the Qwen CLI's file (as `import` leaves it).
+fn write_linked_store(env: &Env, access: &str, refresh: &str, valid_for_s: i64) {
+    let mut a = account("1", access, refresh, valid_for_s);
+    let linked = fs::canonicalize(cli_file(env)).unwrap_or_else(|_| cli_file(env));
+    a["linked_file"] = json!(linked.to_string_lossy());
+    env.write_store(&json!({"version": "1.0", "accounts": [a], "current_account_id": "1"}));
+}
+
+fn store_tokens(env: &Env) -> (String, String) {
+    let s = env.read_store();
+    let a = &s["accounts"][0];
+    (
+        a["access_token"].as_str().unwrap_or_default().to_string(),
+        a["refresh_token"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// A lock file as another process leaves it, `age` old.
+fn plant_lock(path: &Path, age: Duration) {
+    let f = File::create(path).expect("create lock");
+    (&f).write_all(b"6f1c2e9a-0000-4000-8000-000000000000")
+        .expect("write lock");
+    f.set_modified(SystemTime::now() - age).expect("set mtime");
+}
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .expect("read dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn newer_tokens_in_the_file_are_adopted_instead_of_refreshing() {
+    let mock = Mock::start();
+    mock.set_rotate_refresh(true);
+    let env = env_for(&mock);
+    write_cli_file(&env, "at-cli", "rt-cli", 3600, json!({}));
+    // Due (1800 s buffer): without the file, token would refresh.
+    write_linked_store(&env, "at-old", "rt-old", 60);
+    let (out, _) = env.expect(&["token"], 0);
+    assert_eq!(out, "at-cli\n");
+    assert_eq!(mock.count_refreshes(), 0);
+    assert_eq!(
+        store_tokens(&env),
+        ("at-cli".to_string(), "rt-cli".to_string())
+    );
+    assert_eq!(dir_names(&env.qwen_dir()), ["oauth_creds.json"]);
+}
+
+#[test]
+fn our_refresh_is_written_back_when_the_file_holds_our_old_token() {
+    let mock = Mock::start();
+    mock.set_rotate_refresh(true);
+    mock.add_account("rt-1", "at-1");
+    let env = env_for(&mock);
+    write_cli_file(&env, "at-1", "rt-1", 60, json!({"custom": {"kept": true}}));
+    fs::set_permissions(
+        cli_file(&env),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod");
+    write_linked_store(&env, "at-1", "rt-1", 60);
+    let (out, _) = env.expect(&["token"], 0);
+    let (at, rt) = store_tokens(&env);
+    assert_eq!(out, format!("{at}\n"));
+    assert_ne!(rt, "rt-1");
+    assert!(mock.is_live_refresh(&rt));
+    let f = read_cli_file(&env);
+    assert_eq!(f["access_token"], at.as_str());
+    assert_eq!(f["refresh_token"], rt.as_str());
+    assert_eq!(f["token_type"], "Bearer");
+    assert_eq!(f["custom"], json!({"kept": true}));
+    assert!(f["expiry_date"].as_i64().unwrap_or(0) > util::now_ms() + 3_500_000);
+    assert_eq!(mode(&cli_file(&env)), 0o600);
+    // No temp file, no lock left behind.
+    assert_eq!(dir_names(&env.qwen_dir()), ["oauth_creds.json"]);
+}
+
+#[test]
+fn a_file_holding_another_refresh_token_is_left_alone() {
+    let mock = Mock::start();
+    mock.set_rotate_refresh(true);
+    mock.add_account("rt-1", "at-1");
+    let env = env_for(&mock);
+    // Another token, older than ours: neither adopted nor overwritten.
+    write_cli_file(&env, "at-other", "rt-other", 30, json!({}));
+    let before = fs::read(cli_file(&env)).expect("read");
+    write_linked_store(&env, "at-1", "rt-1", 60);
+    let (out, _) = env.expect(&["token"], 0);
+    assert_ne!(out, "at-other\n");
+    assert_ne!(out, "at-1\n");
+    assert_eq!(mock.count_refreshes(), 1);
+    assert_eq!(fs::read(cli_file(&env)).expect("read"), before);
+}
+
+#[test]
+fn a_missing_or_broken_file_is_left_alone_and_the_account_still_refreshes() {
+    let mock = Mock::start();
+    mock.set_rotate_refresh(true);
+    mock.add_account("rt-1", "at-1");
+    let env = env_for(&mock);
+    write_linked_store(&env, "at-1", "rt-1", 60);
+    env.expect(&["refresh", "--account", "1", "--force"], 0);
+    assert!(!cli_file(&env).exists());
+
+    util::write_private(&cli_file(&env), b"{not json");
+    env.expect(&["refresh", "--account", "1", "--force"], 0);
+    assert_eq!(fs::read(cli_file(&env)).expect("read"), b"{not json");
+    assert_eq!(mock.bad_refreshes(), 0);
+    assert_eq!(dir_names(&env.qwen_dir()), ["oauth_creds.json"]);
+}
+
+#[test]
+fn a_stale_qwen_cli_lock_is_taken_over() {
+    let mock = Mock::start();
+    mock.set_rotate_refresh(true);
+    mock.add_account("rt-1", "at-1");
+    let env = env_for(&mock);
+    write_cli_file(&env, "at-1", "rt-1", 60, json!({}));
+    write_linked_store(&env, "at-1", "rt-1", 60);
+    plant_lock(&cli_lock(&env), Duration::from_secs(30));
+    let start = Instant::now();
+    let (out, _) = env.expect(&["token"], 0);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(read_cli_file(&env)["access_token"], out.trim());
+    assert_eq!(dir_names(&env.qwen_dir()), ["oauth_creds.json"]);
+}
+
+#[test]
+fn a_live_qwen_cli_lock_makes_us_wait_and_times_out_naming_it() {
+    let mock = Mock::start();
+    mock.set_rotate_refresh(true);
+    mock.add_account("rt-1", "at-1");
+    let mut env = env_for(&mock);
+    write_cli_file(&env, "at-1", "rt-1", 60, json!({}));
+    write_linked_store(&env, "at-1", "rt-1", 60);
+
+    // Held by "the Qwen CLI" and never released: exit 6 naming the lock, nothing refreshed,
+    // and its lock is not ours to remove.
+    plant_lock(&cli_lock(&env), Duration::ZERO);
+    env.set("QWEN_CRED_LOCK_TIMEOUT_SECONDS", "1");
+    let (_, err) = env.expect(&["token"], 6);
+    assert!(err.contains("oauth_creds.lock"), "{err}");
+    assert_eq!(mock.count_refreshes(), 0);
+    assert!(cli_lock(&env).exists());
+
+    // Released after a while: we wait for it, then refresh.
+    env.set("QWEN_CRED_LOCK_TIMEOUT_SECONDS", "30");
+    let lock = cli_lock(&env);
+    let start = Instant::now();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        fs::remove_file(lock).expect("release");
+    });
+    let (out, err) = env.expect(&["token"], 0);
+    releaser.join().expect("releaser");
+    assert!(start.elapsed() >= Duration::from_millis(650));
+    assert!(err.contains("waiting for lock on"), "{err}");
+    assert_eq!(read_cli_file(&env)["access_token"], out.trim());
+    assert_eq!(mock.count_refreshes(), 1);
+}
+
+#[test]
+fn with_sync_off_the_file_and_its_lock_are_ignored() {
+    let mock = Mock::start();
+    mock.set_rotate_refresh(true);
+    mock.add_account("rt-1", "at-1");
+    let mut env = env_for(&mock);
+    env.set("QWEN_CRED_SYNC_QWEN_CLI", "false");
+    env.set("QWEN_CRED_LOCK_TIMEOUT_SECONDS", "1");
+    // Newer tokens in the file and a live lock: both would matter with sync on.
+    write_cli_file(&env, "at-cli", "rt-cli", 3600, json!({}));
+    let before = fs::read(cli_file(&env)).expect("read");
+    write_linked_store(&env, "at-1", "rt-1", 60);
+    plant_lock(&cli_lock(&env), Duration::ZERO);
+    let (out, _) = env.expect(&["token"], 0);
+    assert_ne!(out, "at-cli\n");
+    assert_eq!(mock.count_refreshes(), 1);
+    assert_eq!(fs::read(cli_file(&env)).expect("read"), before);
+    assert!(cli_lock(&env).exists());
+}
+
+/// A stand-in for the Qwen CLI following its protocol: O_EXCL `oauth_creds.lock` (stale after
+/// 10 s), read the file, refresh with its refresh token, write the answer back atomically,
+/// remove the lock.
+struct FakeQwenCli {
+    file: PathBuf,
+    lock: PathBuf,
+    token_url: String,
+}
+
+/// Removes the fake CLI's lock when a round ends, however it ends.
+struct LockGuard<'a>(&'a Path);
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.0);
+    }
+}
+
+impl FakeQwenCli {
+    fn take_lock(&self) -> Result<LockGuard<'_>, String> {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&self.lock)
+            {
+                Ok(mut f) => {
+                    let _ = f.write_all(b"0e4f5b7c-1111-4222-8333-444455556666");
+                    return Ok(LockGuard(&self.lock));
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    let stale = fs::metadata(&self.lock)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| SystemTime::now().duration_since(t).ok())
+                        .is_some_and(|age| age > Duration::from_secs(10));
+                    if stale {
+                        let _ = fs::remove_file(&self.lock);
+                        continue;
+                    }
+                }
+                Err(e) => return Err(format!("lock: {e}")),
+            }
+            if Instant::now() > end {
+                return Err("lock: timed out".into());
+            }
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+
+    fn refresh_round(&self) -> Result<(), String> {
+        let _held = self.take_lock()?;
+        let mut creds: Value =
+            serde_json::from_slice(&fs::read(&self.file).map_err(|e| format!("read: {e}"))?)
+                .map_err(|e| format!("parse: {e}"))?;
+        let rt = creds["refresh_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut reply = ureq::post(&self.token_url)
+            .send_form([
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt.as_str()),
+                ("client_id", CLIENT_ID),
+            ])
+            .map_err(|e| format!("refresh: {e}"))?;
+        let body = reply
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("body: {e}"))?;
+        let tok: Value = serde_json::from_str(&body).map_err(|e| format!("answer: {e}"))?;
+        creds["access_token"] = tok["access_token"].clone();
+        if tok["refresh_token"].is_string() {
+            creds["refresh_token"] = tok["refresh_token"].clone();
+        }
+        let expires_in = tok["expires_in"].as_i64().unwrap_or(0);
+        creds["expiry_date"] = json!(util::now_ms() + expires_in * 1000);
+        let tmp = self
+            .file
+            .with_file_name("oauth_creds.json.0a1b2c3d4e5f.tmp");
+        let text = serde_json::to_vec_pretty(&creds).map_err(|e| format!("json: {e}"))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("temp: {e}"))?;
+        f.write_all(&text).map_err(|e| format!("write: {e}"))?;
+        fs::rename(&tmp, &self.file).map_err(|e| format!("rename: {e}"))
+    }
+}
+
+/// The scenario: the Qwen CLI refreshing through its file while qwen-cred refreshes
+/// through the pool, both rotating one shared refresh token, 20 rounds each at once: no
+/// refresh is ever refused, and both sides end with a live refresh token.
+#[test]
+fn qwen_cli_and_qwen_cred_refreshing_at_once_never_spend_a_dead_token() {
+    const ROUNDS: usize = 20;
+    let mock = Mock::start();
+    mock.set_rotate_refresh(true);
+    mock.set_refresh_delay(Duration::from_millis(5));
+    mock.add_account("rt-1", "at-1");
+    let env = env_for(&mock);
+    write_cli_file(&env, "at-1", "rt-1", 60, json!({}));
+    write_linked_store(&env, "at-1", "rt-1", 60);
+    let cli = FakeQwenCli {
+        file: cli_file(&env),
+        lock: cli_lock(&env),
+        token_url: format!("{}/api/v1/oauth2/token", mock.base_url()),
+    };
+    let (cli_errors, ours) = std::thread::scope(|sc| {
+        let cli_side = sc.spawn(|| {
+            let mut errors = Vec::new();
+            for round in 0..ROUNDS {
+                if let Err(e) = cli.refresh_round() {
+                    errors.push(format!("round {round}: {e}"));
+                }
+                std::thread::sleep(Duration::from_millis(3 + (round as u64 * 7) % 11));
+            }
+            errors
+        });
+        let our_side = sc.spawn(|| {
+            (0..ROUNDS)
+                .map(|_| env.run(&["refresh", "--account", "1", "--force"]))
+                .collect::<Vec<_>>()
+        });
+        (
+            cli_side.join().expect("the fake Qwen CLI"),
+            our_side.join().expect("qwen-cred"),
+        )
+    });
+    assert!(cli_errors.is_empty(), "{cli_errors:?}");
+    for o in &ours {
+        assert_eq!(o.status.code(), Some(0), "{}", util::text(&o.stderr));
+    }
+    assert_eq!(mock.bad_refreshes(), 0);
+    assert_eq!(mock.count_refreshes(), 2 * ROUNDS);
+    // The file always holds the newest token: each side writes its refresh there.
+    let cli_rt = read_cli_file(&env)["refresh_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(mock.is_live_refresh(&cli_rt));
+    // One more of ours: whoever refreshed last, both sides now hold the same live token.
+    env.expect(&["refresh", "--account", "1", "--force"], 0);
+    let (at, rt) = store_tokens(&env);
+    let f = read_cli_file(&env);
+    assert_eq!(f["refresh_token"], rt.as_str());
+    assert_eq!(f["access_token"], at.as_str());
+    assert!(mock.is_live_refresh(&rt));
+    assert_eq!(mock.bad_refreshes(), 0);
+    assert_eq!(dir_names(&env.qwen_dir()), ["oauth_creds.json"]);
+}
