@@ -88,6 +88,6 @@ fn acquire(path: &Path, timeout: Duration) -> Result<Held> {
             said = true;
         }
         std::thread::sleep(pause.min(timeout - waited));
-        pause = (pause * 2).min(Duration::from_millis(25));
+        pause = (pause * 2).min(Duration::from_millis(4));
     }
 }
