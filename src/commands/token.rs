@@ -69,7 +69,8 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                     Refreshed::Revoked if args.account.is_some() => {
                         return Err(no_account(&[id]));
                     }
-                    Refreshed::Revoked => {}
+                    // Marked revoked (or replaced meanwhile): never tried again in this call.
+                    Refreshed::Revoked => skip.push(id),
                 }
             }
         }
