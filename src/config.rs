@@ -350,7 +350,18 @@ fn read_config_file(path: &Path) -> Result<Map<String, Value>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Map::new()),
         Err(e) => return Err(Error::io("cannot read", path, e)),
     };
-    let text = std::str::from_utf8(&text)
+    parse_config_file(&text, path)
+}
+
+/// The config file's bytes as a JSON object; `path` only names the file in errors.
+fn parse_config_file(text: &[u8], path: &Path) -> Result<Map<String, Value>> {
+    if text.starts_with(b"\xEF\xBB\xBF") {
+        return Err(Error::File(format!(
+            "{}: starts with a UTF-8 byte order mark; remove it",
+            path.display()
+        )));
+    }
+    let text = std::str::from_utf8(text)
         .map_err(|_| Error::File(format!("{}: not valid UTF-8", path.display())))?;
     if text.trim().is_empty() {
         return Ok(Map::new());
@@ -361,7 +372,10 @@ fn read_config_file(path: &Path) -> Result<Map<String, Value>> {
             "{}: expected a JSON object",
             path.display()
         ))),
-        Err(e) => Err(Error::File(format!("{}: {e}", path.display()))),
+        Err(e) => Err(Error::File(format!(
+            "{}: not valid JSON: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -404,9 +418,20 @@ fn resolve(
     Ok(out)
 }
 
+/// `qwen.json` bytes plus an environment, through the same steps as `Config::load`: the one
+/// door the randomised tests (fuzz_tests.rs) use to reach the private parser.
+#[cfg(test)]
+pub(crate) fn parse_config_text(
+    bytes: &[u8],
+    env_of: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(&'static str, Value, Source)>> {
+    let path = Path::new("qwen.json");
+    resolve(path, &parse_config_file(bytes, path)?, env_of)
+}
+
 fn bad(name: &str, value: &str, key: &Key) -> Error {
     Error::File(format!(
-        "{name}: invalid value \"{value}\": expected {}",
+        "{name}: invalid value {value:?}: expected {}",
         expectation(key.ty)
     ))
 }

@@ -162,11 +162,17 @@ impl Client {
             ("code_challenge_method", "S256"),
         ];
         let reply = self.post(url, &form).map_err(Error::Server)?;
+        // A server failure (5xx, garbage) is exit 5, retry later (cli.md); a refusal is 7.
         let json = match (reply.status, reply.json) {
             (200, Some(json)) => json,
             (200, None) => {
-                return Err(Error::Login(format!(
-                    "{url} answered HTTP 200 with a body that is not JSON"
+                return Err(Error::Server(format!(
+                    "{url} answered HTTP 200 with a body that is not JSON; retry later"
+                )))
+            }
+            (status @ 500..=599, _) => {
+                return Err(Error::Server(format!(
+                    "{url} answered HTTP {status}; retry later"
                 )))
             }
             (status, json) => {

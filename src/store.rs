@@ -78,9 +78,10 @@ impl Fields<'_> {
         ))
     }
 
-    /// Missing -> `None`. `null` -> `None` only where `nullable`.
+    /// Missing -> `None`. `null` -> `None` only where `nullable`. `shift_remove` keeps the
+    /// unknown fields in their order (`remove` swaps the last one into the hole).
     fn take(&mut self, key: &str, nullable: bool, expected: &str) -> Result<Option<Value>> {
-        match self.map.remove(key) {
+        match self.map.shift_remove(key) {
             None => Ok(None),
             Some(Value::Null) if nullable => Ok(None),
             Some(Value::Null) => Err(self.err(key, expected)),
@@ -187,7 +188,7 @@ impl Store {
             Some(1) => {}
             Some(m) if m > 1 => {
                 return Err(Error::File(format!(
-                    "{name}: version \"{version}\" is newer than this qwen-cred understands (1.x); upgrade qwen-cred"
+                    "{name}: version {version:?} is newer than this qwen-cred understands (1.x); upgrade qwen-cred"
                 )))
             }
             _ => return Err(f.err("version", "a version string like \"1.0\"")),
@@ -222,7 +223,8 @@ impl Store {
             })?;
             if accounts.iter().any(|b| b.id == a.id) {
                 return Err(Error::File(format!(
-                    "{name}: accounts[{i}].id: duplicate id \"{}\"",
+                    // `{:?}` escapes control characters: the message stays one line.
+                    "{name}: accounts[{i}].id: duplicate id {:?}",
                     a.id
                 )));
             }
