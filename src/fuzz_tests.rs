@@ -273,19 +273,7 @@ fn serialize(rng: &mut Rng, v: &Value) -> Vec<u8> {
 
 // --- Retry-After ---
 
-const SHORT_DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-const LONG_DAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
+use crate::rotation::{LONG_DAYS, MONTHS, SHORT_DAYS};
 
 /// The three HTTP-date forms of RFC 9110 §5.6.7 for Unix second `t`.
 fn http_dates(t: i64) -> Option<[String; 3]> {

@@ -281,8 +281,8 @@ pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<u64> {
     Some(ahead.div_ceil(1000))
 }
 
-const SHORT_DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-const LONG_DAYS: [&str; 7] = [
+pub(crate) const SHORT_DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+pub(crate) const LONG_DAYS: [&str; 7] = [
     "Monday",
     "Tuesday",
     "Wednesday",
@@ -291,7 +291,7 @@ const LONG_DAYS: [&str; 7] = [
     "Saturday",
     "Sunday",
 ];
-const MONTHS: [&str; 12] = [
+pub(crate) const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
