@@ -26,7 +26,9 @@ fn main() {
             std::process::exit(0);
         }
         Err((text, false)) => {
-            eprintln!("{text}");
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                msg::warn(line);
+            }
             std::process::exit(2);
         }
     };

@@ -112,9 +112,10 @@ pub fn refresh_account(
                     a.status_reason = Some(reason.clone());
                     a.status_changed_at = Some(now);
                     crate::msg::warn(&format!(
-                        "account {} ({}) was revoked by the server ({reason}); run qwen-cred login to sign it in again",
+                        "account {} ({}) was revoked by the server ({reason}); run {} to sign it in again",
                         a.id,
-                        a.label()
+                        a.label(),
+                        a.relogin_hint()
                     ));
                 }
                 Ok(())

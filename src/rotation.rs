@@ -430,6 +430,26 @@ pub fn report_429(
     {
         return Outcome::Ignored;
     }
+    // The same for a first 429 that was only slept on (switch_on_first_rate_limit false):
+    // reports that arrive while that sleep still runs come from requests in flight with it,
+    // so they sleep out the rest of it rather than count as the second 429 in a row.
+    if existing.is_none()
+        && !policy.switch_on_first_rate_limit
+        && !report.quota
+        && report.retry_after_secs.is_none()
+        && acct.consecutive_rate_limits == 1
+    {
+        let first = i64::try_from(backoff_ms(1, policy.backoff_base_ms, policy.backoff_max_ms))
+            .unwrap_or(i64::MAX);
+        if let Some(t) = acct
+            .last_rate_limited_at
+            .filter(|&t| t <= now && now - t < first)
+        {
+            return Outcome::SleepThenRetry {
+                ms: (t + first - now) as u64,
+            };
+        }
+    }
 
     // The streak of 429s restarts once the account has been quiet for 2 x max backoff after
     // its last episode (the end of its cooldown, or an unmarked first 429).
@@ -1362,6 +1382,14 @@ mod tests {
             (a.consecutive_rate_limits, a.last_rate_limited_at),
             (1, Some(NOW))
         );
+        assert_eq!(s.current_account_id.as_deref(), Some("a"));
+        // A request in flight with the first hits the same limit during the sleep: it sleeps
+        // out the rest, nothing more is counted.
+        assert_eq!(
+            report_429(&mut s, 0, &Report::default(), &p, NOW + 400),
+            Outcome::SleepThenRetry { ms: 600 }
+        );
+        assert_eq!(s.accounts[0].consecutive_rate_limits, 1);
         assert_eq!(s.current_account_id.as_deref(), Some("a"));
         // The retry after the sleep hits again: second in a row, marked, rotated.
         let out = report_429(&mut s, 0, &Report::default(), &p, NOW + 1500);

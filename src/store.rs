@@ -306,7 +306,7 @@ impl Store {
             .ok_or_else(|| Error::Usage(format!("account {id} was removed meanwhile")))
     }
 
-    /// `1 a@example.com, 2 (fp 1a2b3c4d)`: how accounts are named in messages.
+    /// `1 a@example.com, 2 fp 1a2b3c4d`: how accounts are named in messages.
     pub fn summary(&self) -> String {
         if self.accounts.is_empty() {
             return "none".into();
@@ -398,10 +398,20 @@ impl Account {
         }
     }
 
+    /// What to run to sign a revoked account in again: a login finds it by email, so one
+    /// without an email needs `--replace`.
+    pub fn relogin_hint(&self) -> String {
+        if self.email.is_empty() {
+            format!("qwen-cred login --replace {}", self.id)
+        } else {
+            "qwen-cred login".into()
+        }
+    }
+
     /// The email, else a fingerprint of the refresh token (never the token).
     pub fn label(&self) -> String {
         if self.email.is_empty() {
-            format!("(fp {})", crate::oauth::fingerprint(&self.refresh_token))
+            format!("fp {}", crate::oauth::fingerprint(&self.refresh_token))
         } else {
             self.email.clone()
         }

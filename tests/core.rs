@@ -15,7 +15,10 @@ fn version_help_and_usage_errors() {
     let (out, _) = env.expect(&["help", "import"], 0);
     assert!(out.contains("--email"), "{out}");
     let (_, err) = env.expect(&["list", "--bogus"], 2);
-    assert!(err.contains("--bogus"), "{err}");
+    assert!(
+        err.starts_with("qwen-cred: ") && err.contains("--bogus"),
+        "{err}"
+    );
     env.expect(&[], 2);
     env.expect(&["remove"], 2);
     env.expect(&["remove", "1", "--all"], 2);
@@ -264,7 +267,7 @@ fn list_shows_labels_and_states_but_never_a_token() {
         "{table}"
     );
     assert!(table.contains("revoked: run qwen-cred login"), "{table}");
-    assert!(table.contains("(fp "), "{table}");
+    assert!(table.contains(" fp "), "{table}");
     let v: Value = serde_json::from_str(&js).expect("json");
     assert_eq!(v[0]["state"], "cooling_down");
     assert_eq!(v[1]["state"], "ok");
@@ -381,6 +384,9 @@ fn config_sources_env_over_file_over_default() {
         err.contains("unknown key \"lock_timeout_secs\"") && err.contains("qwen.json"),
         "{err}"
     );
+    // The schema the message points to is there even while the config is broken.
+    let (schema, _) = env.expect(&["config", "--schema"], 0);
+    assert!(schema.contains("lock_timeout_seconds"));
     env.write_config(&json!({"oauth_base_url": "http://example.com"}));
     let (_, err) = env.expect(&["config"], 6);
     assert!(

@@ -37,7 +37,7 @@ fn login_adds_an_account_with_pkce_and_reports_progress_as_json() {
     assert!(events[0]["user_code"].is_string());
     assert_eq!(
         events[1],
-        json!({"event": "success", "account_id": "1", "email": "alice@example.com"})
+        json!({"event": "success", "account_id": "1", "email": "alice@example.com", "label": "alice@example.com"})
     );
     assert!(err.contains("confirm the code"), "{err}");
 
@@ -93,7 +93,7 @@ fn login_without_email_uses_the_flag_or_a_fingerprint() {
     assert_eq!(s["accounts"][0]["email"], "bob@example.com");
     assert_eq!(s["accounts"][1]["email"], "");
     let (list, _) = env.expect(&["list"], 0);
-    assert!(list.contains("(fp "), "{list}");
+    assert!(list.contains(" fp "), "{list}");
 }
 
 #[test]
@@ -182,6 +182,30 @@ fn a_full_pool_needs_replace_or_fresh() {
     assert_eq!(s["accounts"].as_array().map(Vec::len), Some(1));
     assert_eq!(s["accounts"][0]["email"], "only@example.com");
     assert_eq!(s["current_account_id"], "1");
+}
+
+/// A full pool with a revoked account: the login may be its revival, so it goes ahead.
+#[test]
+fn a_full_pool_with_a_revoked_account_lets_its_relogin_through() {
+    let mock = Mock::start();
+    let env = env_for(&mock);
+    let mut s = util::store_with(10);
+    s["accounts"][4]["status"] = json!("revoked");
+    env.write_store(&s);
+    mock.push_approval(mock.approval(Some("user5@example.com")));
+    env.expect(&["login", "--no-browser"], 0);
+    let mut s = env.read_store();
+    assert!(s["accounts"][4].get("status").is_none(), "revived");
+    // A new account still does not fit.
+    s["accounts"][4]["status"] = json!("revoked");
+    env.write_store(&s);
+    mock.push_approval(mock.approval(Some("new@example.com")));
+    let (_, err) = env.expect(&["login", "--no-browser"], 2);
+    assert!(err.contains("full"), "{err}");
+    assert_eq!(
+        env.read_store()["accounts"].as_array().map(Vec::len),
+        Some(10)
+    );
 }
 
 #[test]

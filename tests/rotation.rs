@@ -261,6 +261,7 @@ fn an_empty_pool_is_exit_3_and_a_qwen_cli_file_is_adopted() {
     let env = Env::new();
     let (_, err) = env.expect(&["token"], 3);
     assert!(err.contains("qwen-cred login"), "{err}");
+    env.expect(&["report-429"], 3);
     let creds = json!({"access_token": "at-cli", "refresh_token": "rt-cli", "token_type": "Bearer",
         "resource_url": "portal.qwen.ai", "expiry_date": util::now_ms() + 7_200_000});
     util::write_private(

@@ -29,7 +29,7 @@ pub fn list(cfg: &Config, args: &List) -> Result<()> {
         .accounts
         .iter()
         .map(|a| {
-            let expiry = if a.expiry_date <= now {
+            let expiry = if crate::rotation::is_expired(a, now) {
                 format!("expired {}", relative(a.expiry_date, now))
             } else {
                 relative(a.expiry_date, now)
@@ -79,7 +79,7 @@ fn cooling_until(a: &Account, now: i64) -> Option<i64> {
 
 fn state_text(s: &Store, a: &Account, now: i64) -> String {
     if a.status == Status::Revoked {
-        return "revoked: run qwen-cred login".into();
+        return format!("revoked: run {}", a.relogin_hint());
     }
     if let Some(t) = cooling_until(a, now) {
         let reason = a.rate_limit_reason.as_deref().unwrap_or("rate limit");
@@ -107,7 +107,7 @@ fn account_json(s: &Store, a: &Account, now: i64) -> Value {
         "current": s.current_account_id.as_deref() == Some(&a.id),
         "status_reason": a.status_reason,
         "expires_at": rfc3339(a.expiry_date),
-        "expired": a.expiry_date - 60_000 <= now,
+        "expired": crate::rotation::is_expired(a, now),
         "total_requests": a.total_requests,
         "last_used_at": a.last_used_at.map(rfc3339),
         "created_at": rfc3339(a.created_at),

@@ -1,4 +1,5 @@
-//! `qwen-cred config`: the effective settings and their sources, or the schema.
+//! `qwen-cred config`: the effective settings and their sources (`--schema` is answered in
+//! mod.rs, before any config is read).
 
 use crate::cli::ConfigCmd;
 use crate::config::Config;
@@ -6,9 +7,6 @@ use crate::error::Result;
 use serde_json::{json, Map, Value};
 
 pub fn run(cfg: &Config, args: &ConfigCmd) -> Result<()> {
-    if args.schema {
-        return print_json(&crate::config::schema());
-    }
     if args.json {
         let mut m = Map::new();
         for (k, v, s) in &cfg.values {

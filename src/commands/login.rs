@@ -47,8 +47,11 @@ fn login(cfg: &Config, args: &Login) -> Result<()> {
     if let Slot::Replace(id) = &slot {
         pool.find(id)?;
     }
+    // A full pool is settled now, unless an account is revoked: then the login may be its
+    // revival (same email or refresh token), which `place` sees once the server has answered.
+    let revoked = pool.accounts.iter().any(|a| a.status == Status::Revoked);
     let slot = match slot {
-        Slot::Add if pool.accounts.len() >= pool.max_accounts => ask_when_full(&pool)?,
+        Slot::Add if pool.accounts.len() >= pool.max_accounts && !revoked => ask_when_full(&pool)?,
         other => other,
     };
 
@@ -96,16 +99,16 @@ fn login(cfg: &Config, args: &Login) -> Result<()> {
     new.token_type = tok.token_type.clone();
     new.resource_url = tok.resource_url.clone();
     new.email = email;
-    let (id, label) = transact(cfg, |s| place(s, new, &slot, now))?;
+    let (id, email, label) = transact(cfg, |s| place(s, new, &slot, now))?;
     crate::msg::warn(&format!("signed in account {id} ({label})"));
     if args.json {
-        emit(&json!({"event": "success", "account_id": id, "email": label}))?;
+        emit(&json!({"event": "success", "account_id": id, "email": email, "label": label}))?;
     }
     Ok(())
 }
 
-/// Puts the new account in the pool; returns its id and label.
-fn place(s: &mut Store, new: Account, slot: &Slot, now: i64) -> Result<(String, String)> {
+/// Puts the new account in the pool; returns its id, email and label.
+fn place(s: &mut Store, new: Account, slot: &Slot, now: i64) -> Result<(String, String, String)> {
     let same = s.accounts.iter().position(|a| {
         (!new.email.is_empty() && a.email == new.email) || a.refresh_token == new.refresh_token
     });
@@ -146,7 +149,8 @@ fn place(s: &mut Store, new: Account, slot: &Slot, now: i64) -> Result<(String, 
         }
         (None, Slot::Add) => s.add(new)?,
     };
-    Ok((s.accounts[i].id.clone(), s.accounts[i].label()))
+    let a = &s.accounts[i];
+    Ok((a.id.clone(), a.email.clone(), a.label()))
 }
 
 /// A full pool: on a terminal, ask which account to replace (or start fresh); else exit 2.

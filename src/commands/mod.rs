@@ -22,6 +22,10 @@ pub fn run(cli: Cli) -> Result<()> {
             "a command is needed; run `qwen-cred --help` for the list".into(),
         ));
     };
+    // The schema needs no config; a bad qwen.json's message points the user to it.
+    if let Command::Config(crate::cli::ConfigCmd { schema: true, .. }) = command {
+        return config::print_json(&crate::config::schema());
+    }
     let cfg = Config::load()?;
     crate::msg::set_debug(cfg.debug);
     match command {

@@ -40,6 +40,9 @@ pub fn run(cfg: &Config, args: &Report429) -> Result<()> {
     };
     let who = args.account.clone().or_else(|| cfg.account_id_env.clone());
     let (outcome, id, soonest, any_usable) = transact(cfg, |s| {
+        if s.accounts.is_empty() {
+            return Err(no_account(&[]));
+        }
         let i = match &who {
             Some(id) => s.find(id)?,
             None => match s.current_account_id.as_deref().map(|c| s.find_id(c)) {

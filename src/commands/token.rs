@@ -27,7 +27,7 @@ enum Step {
 pub fn run(cfg: &Config, args: &Token) -> Result<()> {
     let policy = cfg.rotation_policy();
     let mut skip: Vec<String> = Vec::new();
-    let mut failure: Option<Error> = None;
+    let mut failures: Vec<String> = Vec::new();
     let mut imported = false;
     loop {
         let now = crate::now_ms();
@@ -42,7 +42,13 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
             }
             Step::Wait(until) => wait_for_reset(cfg, until, args.no_wait)?,
             Step::Unavailable(revoked) => {
-                return Err(failure.unwrap_or_else(|| no_account(&revoked)))
+                if failures.is_empty() {
+                    return Err(no_account(&revoked));
+                }
+                return Err(Error::Server(format!(
+                    "no account could be refreshed ({}); retry later",
+                    failures.join("; ")
+                )));
             }
             Step::Refresh { id, need, seen } => {
                 let still = |a: &Account| {
@@ -63,7 +69,7 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                         crate::msg::debug(&format!(
                             "account {id}: refresh failed ({why}); trying the next account"
                         ));
-                        failure = Some(server_error(&id, &why));
+                        failures.push(format!("account {id}: {why}"));
                         skip.push(id);
                     }
                     Refreshed::Revoked if args.account.is_some() => {
@@ -184,6 +190,13 @@ fn serve_after_refresh(cfg: &Config, args: &Token, id: &str) -> Result<()> {
             s.accounts[i].clone()
         })
     })?;
+    let left = (a.expiry_date - now) / 1000;
+    if args.min_valid > 0 && left < args.min_valid as i64 {
+        crate::msg::warn(&format!(
+            "account {id}: even a fresh token is valid for only {left} s, less than --min-valid {}",
+            args.min_valid
+        ));
+    }
     serve(cfg, args, &a, false)
 }
 
