@@ -17,14 +17,22 @@ pub struct Held {
 /// How long to try quietly before saying "waiting for lock".
 const QUIET: Duration = Duration::from_millis(300);
 
-/// Lock guarding every read-modify-write of the store.
+/// Lock guarding every read-modify-write of the store; not getting it in time is exit 6.
 pub fn store(dir: &Path, timeout: Duration) -> Result<Held> {
-    acquire(&dir.join("qwen-accounts.lock"), timeout)
+    let path = dir.join("qwen-accounts.lock");
+    acquire(&path, timeout)?.ok_or_else(|| {
+        Error::File(format!(
+            "lock on {} not acquired within {} s (lock_timeout_seconds); another qwen-cred is still running",
+            path.display(),
+            timeout.as_secs()
+        ))
+    })
 }
 
 /// Single-flight lock for refreshing one account, held across re-read, HTTP and persist.
-pub fn refresh(dir: &Path, account_id: &str, timeout: Duration) -> Result<Held> {
-    acquire(&refresh_lock_path(dir, account_id), timeout)
+/// `None` when another process still holds it after `wait`: the caller serves what it can.
+pub fn refresh(dir: &Path, account_id: &str, wait: Duration) -> Result<Option<Held>> {
+    acquire(&refresh_lock_path(dir, account_id), wait)
 }
 
 fn refresh_lock_path(dir: &Path, account_id: &str) -> PathBuf {
@@ -42,7 +50,8 @@ fn refresh_lock_path(dir: &Path, account_id: &str) -> PathBuf {
     dir.join(format!("qwen-accounts.refresh-{safe}.lock"))
 }
 
-fn acquire(path: &Path, timeout: Duration) -> Result<Held> {
+/// `None` when the lock is still taken after `timeout`.
+fn acquire(path: &Path, timeout: Duration) -> Result<Option<Held>> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         crate::store::ensure_dir(dir)?;
@@ -73,15 +82,11 @@ fn acquire(path: &Path, timeout: Duration) -> Result<Held> {
             if said {
                 crate::msg::debug(&format!("got lock on {}", path.display()));
             }
-            return Ok(Held { _file: lock });
+            return Ok(Some(Held { _file: lock }));
         }
         let waited = start.elapsed();
         if waited >= timeout {
-            return Err(Error::File(format!(
-                "lock on {} not acquired within {} s (lock_timeout_seconds); another qwen-cred is still running",
-                path.display(),
-                timeout.as_secs()
-            )));
+            return Ok(None);
         }
         if !said && waited >= QUIET {
             crate::msg::warn(&format!("waiting for lock on {}", path.display()));

@@ -14,6 +14,7 @@ mod qwen_cli;
 mod refresh;
 mod rotation;
 mod secret;
+mod signals;
 mod store;
 
 fn main() {

@@ -328,6 +328,14 @@ impl Client {
 }
 
 impl TokenResponse {
+    /// When this token expires, as Unix ms from `now_ms`. A lifetime past ten years is a
+    /// server's mistake: clamping it keeps the stored time valid (store.rs).
+    pub fn expiry_date(&self, now_ms: i64) -> i64 {
+        const TEN_YEARS_S: u64 = 10 * 365 * 86_400;
+        let ms = self.expires_in.min(TEN_YEARS_S) as i64 * 1000;
+        now_ms.saturating_add(ms).min(crate::store::MAX_TIME_MS)
+    }
+
     /// Reads a token answer (RFC 6749 §5.1). `Err` says what was missing; a 200 without a
     /// usable access token is the server's failure, not the user's.
     pub fn from_json(json: &Value) -> std::result::Result<TokenResponse, String> {

@@ -286,6 +286,8 @@ function startLogin(args) {
   child.stderr.setEncoding("utf8")
   child.stdout.on("data", (d) => {
     buf += d
+    // A line longer than any event qwen-cred prints is not one of its events.
+    if (buf.length > MAX_OUTPUT) buf = ""
     let i
     while ((i = buf.indexOf("\n")) >= 0) {
       const line = buf.slice(0, i).trim()
@@ -339,7 +341,13 @@ function loginArgs(inputs) {
 
 async function authorize(inputs) {
   const login = startLogin(loginArgs(inputs))
-  const v = await login.verification
+  let v
+  try {
+    v = await login.verification
+  } catch (e) {
+    if (login.cancel) login.cancel()
+    throw e
+  }
   const url = v.verification_uri_complete || v.verification_uri
   const minutes = v.expires_in ? ` within ${Math.max(1, Math.round(v.expires_in / 60))} min` : ""
   return {

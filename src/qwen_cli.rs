@@ -81,9 +81,10 @@ pub fn read(path: &Path) -> Result<Creds> {
         expiry_date: v
             .get("expiry_date")
             .and_then(Value::as_i64)
+            .filter(|t| (0..=crate::store::MAX_TIME_MS).contains(t))
             .ok_or_else(|| {
                 Error::File(format!(
-                    "{}: expiry_date: expected a number",
+                    "{}: expiry_date: expected a number (Unix time in milliseconds)",
                     path.display()
                 ))
             })?,

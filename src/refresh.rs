@@ -21,20 +21,29 @@ pub enum Refreshed {
     Fresh { expiry_date: i64 },
     /// The server said the refresh token is dead; the account is now revoked.
     Revoked,
-    /// The server could not be reached or failed; nothing was changed.
+    /// Another process is still refreshing this account after the wait.
+    Busy,
+    /// The server could not be reached or failed (now, or for the process whose refresh this
+    /// one waited for); the tokens were not changed.
     Failed(String),
 }
 
 /// Refreshes account `id` unless, once the refresh lock is ours, it no longer needs it:
 /// `still_needed` sees the account as stored now. `seen_access` is the access token the caller
 /// decided on; a different one means another process refreshed meanwhile, so it is adopted.
+/// `wait` bounds the wait for another process's refresh of the same account: a caller that
+/// still holds a valid token waits not at all.
 pub fn refresh_account(
     cfg: &Config,
     id: &str,
     seen_access: &Secret,
     still_needed: &dyn Fn(&Account) -> bool,
+    wait: Duration,
 ) -> Result<Refreshed> {
-    let _flight = crate::lock::refresh(&cfg.dir, id, cfg.lock_timeout())?;
+    let asked_at = crate::now_ms();
+    let Some(_flight) = crate::lock::refresh(&cfg.dir, id, wait)? else {
+        return Ok(Refreshed::Busy);
+    };
     let current = read_account(cfg, id)?;
     if current.status == Status::Revoked {
         return Ok(Refreshed::Revoked);
@@ -46,6 +55,13 @@ pub fn refresh_account(
         return Ok(Refreshed::Fresh {
             expiry_date: current.expiry_date,
         });
+    }
+    // The refresh we waited for failed: the server is not answering, asking again now only
+    // piles on (the next call tries again).
+    if current.refresh_failed_at.is_some_and(|t| t >= asked_at) {
+        return Ok(Refreshed::Failed(
+            "a refresh by another process just failed".into(),
+        ));
     }
     // An account imported from the Qwen CLI shares its refresh token with it: hold that CLI's
     // lock (after ours, before the store's) across "read the file, adopt or refresh, write
@@ -75,16 +91,23 @@ pub fn refresh_account(
         "account {id}: refreshing at {}",
         cfg.str("oauth_base_url")
     ));
-    match with_retries(cfg, || client.refresh(&used)) {
+    // Holding the Qwen CLI's lock, make one attempt only: its retries would keep that CLI
+    // from its own token for minutes.
+    let attempts = match sync {
+        Some(_) => 1,
+        None => cfg.int("token_refresh_retry_attempts").max(1),
+    };
+    let deferred = crate::signals::Deferred::new();
+    match with_retries(cfg, attempts, &deferred, || client.refresh(&used)) {
         Ok(tok) => {
             let now = crate::now_ms();
             let new = Creds {
+                expiry_date: tok.expiry_date(now),
                 access_token: tok.access_token,
                 // qwen-oauth.md: keep the old refresh token and resource_url when omitted.
                 refresh_token: tok.refresh_token.unwrap_or_else(|| used.clone()),
                 token_type: tok.token_type,
                 resource_url: tok.resource_url.or(current.resource_url),
-                expiry_date: now.saturating_add(tok.expires_in.saturating_mul(1000) as i64),
             };
             // The file first: should the store write fail, the next refresh adopts from it.
             if let Some(s) = &sync {
@@ -96,6 +119,7 @@ pub fn refresh_account(
                 // A login or import may have replaced the tokens meanwhile; theirs win.
                 if a.refresh_token == used {
                     new.apply_to(a);
+                    a.refresh_failed_at = None;
                 }
                 Ok(Refreshed::Fresh {
                     expiry_date: a.expiry_date,
@@ -122,7 +146,16 @@ pub fn refresh_account(
             })?;
             Ok(Refreshed::Revoked)
         }
-        Err(RefreshError::Transient(why)) => Ok(Refreshed::Failed(why)),
+        Err(RefreshError::Transient(why)) => {
+            // Recorded so that callers queued behind this refresh do not repeat it at once.
+            let now = crate::now_ms();
+            transact(cfg, |s| {
+                let i = s.find_id(id)?;
+                s.accounts[i].refresh_failed_at = Some(now);
+                Ok(())
+            })?;
+            Ok(Refreshed::Failed(why))
+        }
     }
 }
 
@@ -131,20 +164,21 @@ fn read_account(cfg: &Config, id: &str) -> Result<Account> {
     Ok(s.accounts[s.find_id(id)?].clone())
 }
 
-/// Retries transient failures `token_refresh_retry_attempts` times in all, the delay doubling
-/// from `token_refresh_retry_delay_ms`. A dead token is never retried.
+/// Makes `attempts` attempts at most while failures are transient, the delay doubling from
+/// `token_refresh_retry_delay_ms`. A dead token is never retried.
 fn with_retries(
     cfg: &Config,
+    attempts: u64,
+    deferred: &crate::signals::Deferred,
     mut attempt: impl FnMut() -> std::result::Result<oauth::TokenResponse, RefreshError>,
 ) -> std::result::Result<oauth::TokenResponse, RefreshError> {
-    let attempts = cfg.int("token_refresh_retry_attempts").max(1);
     let mut delay = Duration::from_millis(cfg.int("token_refresh_retry_delay_ms"));
     let mut n = 1;
     loop {
         match attempt() {
             Err(RefreshError::Transient(why)) if n < attempts => {
                 crate::msg::debug(&format!("refresh failed ({why}); retrying in {delay:?}"));
-                std::thread::sleep(delay);
+                deferred.unblocked(|| std::thread::sleep(delay));
                 delay *= 2;
                 n += 1;
             }

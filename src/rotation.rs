@@ -3,7 +3,7 @@
 //! and when the daily quota resets. No I/O, no clock and no environment here, so every rule is
 //! unit-tested with a fixed `now`; the commands do the sleeping, locking and printing.
 
-use crate::store::{Account, Status, Store};
+use crate::store::{Account, Status, Store, MAX_COUNT};
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
 const DAY_MS: i64 = 86_400_000;
@@ -248,10 +248,10 @@ pub fn record_use(store: &mut Store, idx: usize, now: i64) {
     let Some(a) = store.accounts.get_mut(idx) else {
         return;
     };
-    a.total_requests = a.total_requests.saturating_add(1);
+    a.total_requests = a.total_requests.saturating_add(1).min(MAX_COUNT);
     a.last_used_at = Some(now);
     if store.current_account_id.as_deref() == Some(a.id.as_str()) {
-        store.current_streak = store.current_streak.saturating_add(1);
+        store.current_streak = store.current_streak.saturating_add(1).min(MAX_COUNT);
     } else {
         store.current_account_id = Some(a.id.clone());
         store.current_streak = 1;

@@ -8,6 +8,11 @@ use serde_json::{Map, Value};
 
 pub const STORE_VERSION: &str = "1.0";
 pub const MAX_ACCOUNTS: usize = 10;
+/// The latest time a store may hold (end of year 9999, Unix ms): keeps every sum of times
+/// from overflowing and every time printable.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+/// The largest counter a store may hold (JSON readers beyond this lose precision).
+pub const MAX_COUNT: u64 = i64::MAX as u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -43,6 +48,9 @@ pub struct Account {
     pub status_changed_at: Option<i64>,
     /// Path of the Qwen CLI file this account was imported from (sync_qwen_cli).
     pub linked_file: Option<String>,
+    /// When a refresh last failed transiently (Unix ms): callers that queued behind that
+    /// refresh do not repeat it at once.
+    pub refresh_failed_at: Option<i64>,
     /// Fields this version does not know, written back unchanged.
     pub extra: Map<String, Value>,
 }
@@ -116,11 +124,10 @@ impl Fields<'_> {
 
     /// A Unix-ms time, 0 to the end of year 9999 (keeps every later sum from overflowing).
     fn time(&mut self, key: &str, nullable: bool) -> Result<Option<i64>> {
-        const YEAR_9999: i64 = 253_402_300_799_999;
         self.int(
             key,
             nullable,
-            YEAR_9999,
+            MAX_TIME_MS,
             "a number (Unix time in milliseconds)",
         )
     }
@@ -394,6 +401,7 @@ impl Account {
             status_reason: None,
             status_changed_at: None,
             linked_file: None,
+            refresh_failed_at: None,
             extra: Map::new(),
         }
     }
@@ -453,6 +461,7 @@ impl Account {
         };
         let status_reason = f.string("status_reason", true)?;
         let status_changed_at = f.time("status_changed_at", true)?;
+        let refresh_failed_at = f.time("refresh_failed_at", true)?;
         let linked_file = f.string("linked_file", true)?;
         Ok(Account {
             id,
@@ -474,6 +483,7 @@ impl Account {
             status_reason,
             status_changed_at,
             linked_file,
+            refresh_failed_at,
             extra: f.map,
         })
     }
@@ -519,6 +529,9 @@ impl Account {
         }
         if let Some(l) = &self.linked_file {
             put("linked_file", l.clone().into());
+        }
+        if let Some(t) = self.refresh_failed_at {
+            put("refresh_failed_at", t.into());
         }
         m.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         Value::Object(m)

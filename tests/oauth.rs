@@ -507,3 +507,152 @@ fn refresh_command_reports_each_account() {
     assert!(err.contains("refresh failed"), "{err}");
     env.expect(&["refresh", "--all", "--due"], 2);
 }
+
+/// SIGTERM while a refresh is in flight: the process finishes storing the new tokens first,
+/// so a rotated refresh token is never lost.
+#[test]
+fn a_signal_during_a_refresh_waits_until_the_new_tokens_are_stored() {
+    let mock = Mock::start();
+    mock.set_rotate_refresh(true);
+    let env = env_for(&mock);
+    expired_store(&env, &mock, 1);
+    mock.hold_refresh("rt-old-1");
+    let child = env
+        .cmd(&["token"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    assert!(mock.wait_until(Duration::from_secs(20), |s| s.started("rt-old-1") == 1));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    mock.release_refresh("rt-old-1");
+    let o = child.wait_with_output().expect("wait");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        o.status.signal(),
+        Some(15),
+        "ended by the deferred SIGTERM: {}",
+        text(&o.stderr)
+    );
+    let s = env.read_store();
+    let rt = s["accounts"][0]["refresh_token"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_ne!(rt, "rt-old-1");
+    assert!(
+        mock.is_live_refresh(&rt),
+        "the rotated refresh token was stored"
+    );
+    env.expect(&["token"], 0);
+    assert_eq!(mock.bad_refreshes(), 0);
+}
+
+/// A caller whose token is only due does not wait for another process's refresh; one whose
+/// token expired waits at most lock_timeout_seconds, then another account serves.
+#[test]
+fn a_refresh_in_progress_elsewhere_never_stalls_a_caller() {
+    let mock = Mock::start();
+    let mut env = env_for(&mock);
+    env.set("QWEN_CRED_LOCK_TIMEOUT_SECONDS", "1");
+    mock.add_account("rt-d", "at-d");
+    mock.add_account("rt-x", "at-x");
+    mock.add_account("rt-ok", "at-ok");
+    env.write_store(&json!({"accounts": [account("1", "at-d", "rt-d", 600), account("2", "at-x", "rt-x", -10), account("3", "at-ok", "rt-ok", 7200)], "current_account_id": "1"}));
+    mock.hold_refresh("rt-d");
+    mock.hold_refresh("rt-x");
+    let holders: Vec<_> = ["1", "2"]
+        .iter()
+        .map(|id| {
+            env.cmd(&["refresh", "--account", id, "--force"])
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    assert!(
+        mock.wait_until(Duration::from_secs(20), |s| s.started("rt-d") == 1
+            && s.started("rt-x") == 1)
+    );
+    // Due: served at once, quietly.
+    let (out, err) = env.expect(&["token"], 0);
+    assert_eq!(out.trim(), "at-d");
+    assert!(err.is_empty(), "{err}");
+    // Expired: after the lock wait, the next account.
+    let (out, _) = env.expect(
+        &[
+            "token",
+            "--format",
+            "raw",
+            "--min-valid",
+            "0",
+            "--account",
+            "3",
+        ],
+        0,
+    );
+    assert_eq!(out.trim(), "at-ok");
+    env.expect(&["use", "2"], 0);
+    let (out, err) = env.expect(&["token"], 0);
+    assert_eq!(out.trim(), "at-ok", "{err}");
+    mock.release_refresh("rt-d");
+    mock.release_refresh("rt-x");
+    for h in holders {
+        assert!(h.wait_with_output().expect("wait").status.success());
+    }
+    assert_eq!(mock.count_refreshes(), 2);
+}
+
+/// Callers queued behind a refresh that failed do not send it again at once.
+#[test]
+fn a_failed_refresh_is_not_repeated_by_those_who_waited_for_it() {
+    let mock = Mock::start();
+    let mut env = env_for(&mock);
+    env.set("QWEN_CRED_HTTP_TIMEOUT_SECONDS", "2");
+    env.set("QWEN_CRED_TOKEN_REFRESH_RETRY_ATTEMPTS", "1");
+    expired_store(&env, &mock, 1);
+    mock.set_sticky_fault(Some(Fault::Hang));
+    let first = env
+        .cmd(&["token"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    assert!(mock.wait_until(Duration::from_secs(20), |s| s.count_refreshes() == 1));
+    let (_, err) = env.expect(&["token"], 5);
+    assert!(err.contains("just failed"), "{err}");
+    let o = first.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    assert_eq!(mock.count_refreshes(), 1);
+    // Later calls try again.
+    mock.set_sticky_fault(None);
+    env.expect(&["token"], 0);
+}
+
+/// Times from outside (a server's expires_in, a Qwen CLI file) never make the store unreadable.
+#[test]
+fn absurd_lifetimes_are_clamped_or_refused() {
+    let mock = Mock::start();
+    let env = env_for(&mock);
+    expired_store(&env, &mock, 1);
+    mock.set_refresh_expires_in(10_000_000_000_000);
+    env.expect(&["token"], 0);
+    env.expect(&["list"], 0);
+    env.expect(&["token"], 0);
+    assert_eq!(mock.count_refreshes(), 1);
+
+    let creds = env.root.join("creds.json");
+    for expiry in ["9000000000000000000", "-5"] {
+        std::fs::write(
+            &creds,
+            format!(r#"{{"access_token":"a","refresh_token":"r","expiry_date":{expiry}}}"#),
+        )
+        .expect("write");
+        let (_, err) = env.expect(&["import", creds.to_str().unwrap_or("")], 6);
+        assert!(err.contains("expiry_date"), "{err}");
+    }
+    env.expect(&["list"], 0);
+}

@@ -90,12 +90,7 @@ fn login(cfg: &Config, args: &Login) -> Result<()> {
         .or_else(|| args.email.clone())
         .unwrap_or_default();
     let now = crate::now_ms();
-    let mut new = Account::new(
-        tok.access_token.clone(),
-        refresh,
-        now.saturating_add(tok.expires_in.saturating_mul(1000) as i64),
-        now,
-    );
+    let mut new = Account::new(tok.access_token.clone(), refresh, tok.expiry_date(now), now);
     new.token_type = tok.token_type.clone();
     new.resource_url = tok.resource_url.clone();
     new.email = email;

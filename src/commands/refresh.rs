@@ -56,11 +56,12 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
             continue;
         }
         let needed = |cur: &Account| args.force || rotation::is_due(cur, crate::now_ms(), &policy);
-        match refresh_account(cfg, &a.id, &a.access_token, &needed)? {
+        match refresh_account(cfg, &a.id, &a.access_token, &needed, cfg.lock_timeout())? {
             Refreshed::Fresh { expiry_date } => {
                 warn(&format!("{name}: valid until {}", rfc3339(expiry_date)))
             }
             Refreshed::Revoked => revoked += 1,
+            Refreshed::Busy => warn(&format!("{name}: another process is refreshing it")),
             Refreshed::Failed(why) => {
                 warn(&format!("{name}: refresh failed: {why}"));
                 failed += 1;

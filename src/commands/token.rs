@@ -54,8 +54,26 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                 let still = |a: &Account| {
                     rotation::needs_refresh(a, crate::now_ms(), args.min_valid, &policy).is_some()
                 };
-                match refresh_account(cfg, &id, &seen, &still)? {
+                // A due token is still valid: if another process is refreshing it, serve it
+                // rather than wait; an expired one waits up to lock_timeout_seconds.
+                let wait = match need {
+                    Need::Due => std::time::Duration::ZERO,
+                    Need::Expired => cfg.lock_timeout(),
+                };
+                match refresh_account(cfg, &id, &seen, &still, wait)? {
                     Refreshed::Fresh { .. } => return serve_after_refresh(cfg, args, &id),
+                    // Someone else is refreshing a token that is still valid: serve it.
+                    Refreshed::Busy if matches!(need, Need::Due) => {
+                        return serve_after_refresh(cfg, args, &id)
+                    }
+                    Refreshed::Busy => {
+                        let why = "another process has been refreshing it for lock_timeout_seconds";
+                        if args.account.is_some() {
+                            return Err(server_error(&id, why));
+                        }
+                        failures.push(format!("account {id}: {why}"));
+                        skip.push(id);
+                    }
                     Refreshed::Failed(why) if matches!(need, Need::Due) => {
                         crate::msg::warn(&format!(
                             "account {id}: proactive refresh failed ({why}); its token is still valid, will try again later"
@@ -143,7 +161,10 @@ fn decide(
 /// A pinned token (`--account`) counts as a use but does not move `current`.
 fn record_pinned(s: &mut Store, i: usize, now: i64) -> Account {
     let a = &mut s.accounts[i];
-    a.total_requests += 1;
+    a.total_requests = a
+        .total_requests
+        .saturating_add(1)
+        .min(crate::store::MAX_COUNT);
     a.last_used_at = Some(now);
     a.clone()
 }
