@@ -5,7 +5,7 @@
 //! fails. Everything runs against the mock on 127.0.0.1 in a temp HOME and XDG tree.
 
 use crate::util::mock::{ApiReply, Approval, Mock, Outcome};
-use crate::util::{self, now_ms, text, Env, BIN};
+use crate::util::{self, now_ms, program, text, Env, BIN};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -141,27 +141,6 @@ impl Oc {
             read(&err_path),
         )
     }
-}
-
-/// A program from `$var` (which must exist), else from PATH. `None` (with a SKIPPED line on
-/// stderr) when absent, but a failure under `CI`, where the tests must run.
-fn program(var: &str, name: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "{var}={} is not a file", p.display());
-        return Some(p);
-    }
-    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but {name} is not installed: set {var} (see .ci/run)"
-        );
-        eprintln!("SKIPPED: {name} not installed (set {var} or put {name} on PATH)");
-    }
-    found
 }
 
 /// Hard-links (or copies) a directory tree; symlinks are recreated as they are.

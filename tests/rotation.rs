@@ -4,7 +4,7 @@
 use crate::util::mock::Mock;
 use crate::util::{self, account, store_with, text, Env};
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 fn tokens(env: &Env, n: usize) -> Vec<String> {
     (0..n)
@@ -322,16 +322,11 @@ fn output_formats() {
 
 /// Runs `sh -c script` with the environment of `env`.
 fn env_sh(env: &Env, script: &str) -> std::process::Output {
-    let mut c = env.cmd(&[]);
-    let mut sh = Command::new("sh");
-    sh.arg("-c").arg(script).env_clear();
-    for (k, v) in c.get_envs() {
-        if let Some(v) = v {
-            sh.env(k, v);
-        }
-    }
-    let _ = c.stdin(Stdio::null());
-    sh.output().expect("sh")
+    env.command("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("sh")
 }
 
 #[test]

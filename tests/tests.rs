@@ -10,3 +10,4 @@ mod qwen_cli;
 mod robustness;
 mod rotation;
 mod serve;
+mod terminal;

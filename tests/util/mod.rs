@@ -60,10 +60,17 @@ impl Env {
         self.config_dir().join("qwen-accounts.json")
     }
 
+    /// qwen-cred with `args` in this environment.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env_clear()
+        let mut c = self.command(BIN);
+        c.args(args);
+        c
+    }
+
+    /// Any program (sh, tmux, ...) in this environment, stdin closed.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.root.join("home"))
             .env("XDG_CONFIG_HOME", self.root.join("xdg"))
@@ -174,6 +181,27 @@ pub fn store_with(n: usize) -> Value {
         .map(|i| account(&i.to_string(), &format!("at-{i}"), &format!("rt-{i}"), 7200))
         .collect();
     serde_json::json!({"version": "1.0", "max_accounts": 10, "accounts": accounts, "current_account_id": if n > 0 { Some("1") } else { None }})
+}
+
+/// A program from `$var` (which must exist), else from PATH. `None` (with a SKIPPED line on
+/// stderr) when absent, but a failure under `CI`, where the tests must run.
+pub fn program(var: &str, name: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "{var}={} is not a file", p.display());
+        return Some(p);
+    }
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but {name} is not installed: set {var} (see .ci/run)"
+        );
+        eprintln!("SKIPPED: {name} not installed (set {var} or put {name} on PATH)");
+    }
+    found
 }
 
 /// Waits for a condition without sleeping blindly: polls `f` until it holds or `secs` pass.
