@@ -217,6 +217,9 @@ pub struct Config {
     pub config_path: PathBuf,
     /// `QWEN_CRED_QWEN_DIR` or `~/.qwen`.
     pub qwen_dir: PathBuf,
+    /// OpenCode's credentials: `$XDG_DATA_HOME/opencode/auth.json`, else
+    /// `~/.local/share/opencode/auth.json`.
+    pub opencode_auth_file: PathBuf,
     /// `QWEN_CRED_ACCOUNT_ID`: default account of report-429.
     pub account_id_env: Option<String>,
     /// `$BROWSER`.
@@ -247,8 +250,13 @@ impl Config {
         };
         let qwen_dir = match env("QWEN_CRED_QWEN_DIR") {
             Some(d) => PathBuf::from(d),
-            None => home.unwrap_or_default().join(".qwen"),
+            None => home.clone().unwrap_or_default().join(".qwen"),
         };
+        let opencode_auth_file = match env("XDG_DATA_HOME") {
+            Some(d) => PathBuf::from(d),
+            None => home.unwrap_or_default().join(".local/share"),
+        }
+        .join("opencode/auth.json");
         let config_path = dir.join("qwen.json");
         let file = read_config_file(&config_path)?;
         let values = resolve(&config_path, &file, |k| env(&env_name(k)))?;
@@ -257,6 +265,7 @@ impl Config {
             dir,
             config_path,
             qwen_dir,
+            opencode_auth_file,
             account_id_env: env("QWEN_CRED_ACCOUNT_ID"),
             browser: env("BROWSER"),
             has_display: cfg!(target_os = "macos")

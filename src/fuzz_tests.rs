@@ -803,6 +803,7 @@ fn config_parse_never_panics_and_accepts_only_valid_values() {
                     dir: PathBuf::new(),
                     config_path: PathBuf::new(),
                     qwen_dir: PathBuf::new(),
+                    opencode_auth_file: PathBuf::new(),
                     account_id_env: None,
                     browser: None,
                     has_display: false,

@@ -269,15 +269,40 @@ fn install_writes_the_plugin_and_merges_the_provider_idempotently() {
         "{\"theme\": \"dark\", \"provider\": {\"other\": {}}}\n"
     );
 
+    // OpenCode's auth.json gets the marker that turns the plugin on (never a token), kept
+    // private, other entries untouched.
+    let auth_file = oc.env.root.join("home/.local/share/opencode/auth.json");
+    let auth: Value =
+        serde_json::from_slice(&std::fs::read(&auth_file).expect("auth.json")).expect("json");
+    assert_eq!(
+        auth["qwen"],
+        json!({"type": "oauth", "access": "qwen-cred", "refresh": "qwen-cred", "expires": 4102444800000_i64})
+    );
+    assert_eq!(util::mode(&auth_file), 0o600);
+
     // Idempotent: nothing changes, no second backup.
     let before = std::fs::read(&config).expect("read");
+    let auth_before = std::fs::read(&auth_file).expect("read");
     let (_, err) = oc.env.expect(&["opencode", "install", "--write-config"], 0);
     assert!(
         err.contains("up to date") && err.contains("already has"),
         "{err}"
     );
     assert_eq!(std::fs::read(&config).expect("read"), before);
+    assert_eq!(std::fs::read(&auth_file).expect("read"), auth_before);
     assert!(!oc.dir.join("opencode.json.bak.1").exists());
+
+    // Another provider's entry is kept; an auth.json that does not parse is left alone.
+    std::fs::write(&auth_file, r#"{"anthropic": {"type": "api", "key": "k"}}"#).expect("write");
+    oc.env.expect(&["opencode", "install", "--write-config"], 0);
+    let auth: Value =
+        serde_json::from_slice(&std::fs::read(&auth_file).expect("auth.json")).expect("json");
+    assert_eq!(auth["anthropic"]["key"], "k");
+    assert_eq!(auth["qwen"]["access"], "qwen-cred");
+    std::fs::write(&auth_file, "{broken").expect("write");
+    let (_, err) = oc.env.expect(&["opencode", "install", "--write-config"], 6);
+    assert!(err.contains("auth.json"), "{err}");
+    assert_eq!(std::fs::read(&auth_file).expect("read"), b"{broken");
 
     // JSONC with comments is refused (exit 6) and left as it was.
     std::fs::remove_file(&config).expect("rm");

@@ -58,6 +58,7 @@ fn install(cfg: &Config, args: &OpencodeInstall) -> Result<()> {
     let block = provider_block(&base_url);
     if args.write_config {
         write_config(&cfg.dir, &block, dry)?;
+        write_auth_marker(&cfg.opencode_auth_file, dry)?;
     } else {
         let file = config_file(&cfg.dir);
         match std::fs::read_to_string(&file) {
@@ -75,7 +76,9 @@ fn install(cfg: &Config, args: &OpencodeInstall) -> Result<()> {
         .map_err(|e| Error::Internal(format!("cannot print the provider block: {e}")))?;
     shown.push('\n');
     msg::out(&shown)?;
-    if !dry {
+    if !dry && args.write_config {
+        msg::warn("next: `opencode run -m qwen/coder-model`; add accounts with `qwen-cred login` or `opencode auth login` (choose Qwen)");
+    } else if !dry {
         msg::warn(
             "next: run `opencode auth login`, choose Qwen, then use a model such as qwen/coder-model",
         );
@@ -203,6 +206,54 @@ fn write_config(dir: &Path, block: &Value, dry: bool) -> Result<()> {
             file.display()
         )),
     }
+    Ok(())
+}
+
+/// OpenCode runs the plugin's loader only when its auth.json has an entry for `qwen`, which
+/// the plugin's OAuth method creates. Accounts signed in with `qwen-cred login` never went
+/// through it, so `--write-config` adds the same marker (never a token; the plugin's MARKER
+/// and MARKER_EXPIRES) when there is no `qwen` entry yet. Other entries are kept; a file that
+/// does not parse is left alone.
+fn write_auth_marker(file: &Path, dry: bool) -> Result<()> {
+    let mut entries = match std::fs::read(file) {
+        Ok(b) => match serde_json::from_slice::<Value>(&b) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                return Err(Error::File(format!(
+                    "{}: not a JSON object; fix it, or sign in once with `opencode auth login` (choose Qwen)",
+                    file.display()
+                )))
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Map::new(),
+        Err(e) => return Err(Error::io("cannot read", file, e)),
+    };
+    if entries.contains_key(PROVIDER_ID) {
+        msg::warn(&format!(
+            "{} already has a \"{PROVIDER_ID}\" entry",
+            file.display()
+        ));
+        return Ok(());
+    }
+    if dry {
+        msg::warn(&format!(
+            "would add the qwen-cred marker for \"{PROVIDER_ID}\" to {}",
+            file.display()
+        ));
+        return Ok(());
+    }
+    entries.insert(
+        PROVIDER_ID.into(),
+        json!({"type": "oauth", "access": "qwen-cred", "refresh": "qwen-cred", "expires": 4_102_444_800_000_i64}),
+    );
+    let mut text = serde_json::to_string_pretty(&Value::Object(entries))
+        .map_err(|e| Error::Internal(format!("cannot write {}: {e}", file.display())))?;
+    text.push('\n');
+    crate::store::write_atomic(file, text.as_bytes())?;
+    msg::warn(&format!(
+        "added the qwen-cred marker for \"{PROVIDER_ID}\" to {} (OpenCode then asks qwen-cred for every token)",
+        file.display()
+    ));
     Ok(())
 }
 
