@@ -1,8 +1,7 @@
 //! The store, the config, the lock and the account-management commands.
 
-use crate::util::{self, mode, store_with, text, Env};
+use crate::util::{self, mode, store_with, Env};
 use serde_json::{json, Value};
-use std::process::Stdio;
 
 #[test]
 fn version_help_and_usage_errors() {
@@ -447,22 +446,11 @@ fn config_schema_matches_the_defaults() {
 #[test]
 fn concurrent_commands_lose_no_update() {
     let env = Env::new();
-    let mut children = Vec::new();
-    for i in 0..8 {
+    util::run_all_ok((0..8).map(|i| {
         let src = env.root.join(format!("creds-{i}.json"));
         write_qwen_creds(&src, &format!("at-c{i}"), &format!("rt-c{i}"));
-        let mut c = env.cmd(&["import", src.to_str().unwrap_or("")]);
-        children.push(
-            c.stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn"),
-        );
-    }
-    for c in children {
-        let o = c.wait_with_output().expect("wait");
-        assert!(o.status.success(), "{}", text(&o.stderr));
-    }
+        env.cmd(&["import", src.to_str().unwrap_or("")])
+    }));
     let s = env.read_store();
     let accts = s["accounts"].as_array().cloned().unwrap_or_default();
     assert_eq!(accts.len(), 8, "an import was lost");
@@ -474,25 +462,10 @@ fn concurrent_commands_lose_no_update() {
     assert_eq!(ids, (1..=8).map(|i| i.to_string()).collect::<Vec<_>>());
 
     // Removes of 1..=4 race with `use` of 5..=8.
-    let mut children = Vec::new();
-    for i in 1..=8 {
+    util::run_all_ok((1..=8).map(|i: u32| {
         let id = i.to_string();
-        let args = if i <= 4 {
-            vec!["remove", id.as_str()]
-        } else {
-            vec!["use", id.as_str()]
-        };
-        children.push(
-            env.cmd(&args)
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn"),
-        );
-    }
-    for c in children {
-        let o = c.wait_with_output().expect("wait");
-        assert!(o.status.success(), "{}", text(&o.stderr));
-    }
+        env.cmd(&[if i <= 4 { "remove" } else { "use" }, id.as_str()])
+    }));
     let s = env.read_store();
     let left: Vec<&str> = s["accounts"]
         .as_array()

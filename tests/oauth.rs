@@ -380,22 +380,7 @@ fn sixty_four_processes_share_one_refresh() {
     mock.set_refresh_delay(Duration::from_millis(300));
     let env = env_for(&mock);
     expired_store(&env, &mock, 1);
-    let children: Vec<_> = (0..64)
-        .map(|_| {
-            env.cmd(&["token"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn")
-        })
-        .collect();
-    let outs: Vec<_> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().expect("wait"))
-        .collect();
-    for o in &outs {
-        assert!(o.status.success(), "{}", text(&o.stderr));
-    }
+    let outs = util::run_all_ok((0..64).map(|_| env.cmd(&["token"])));
     let tokens: std::collections::BTreeSet<String> = outs
         .iter()
         .map(|o| text(&o.stdout).trim().to_string())
@@ -454,25 +439,15 @@ fn rotating_refresh_tokens_survive_concurrent_refreshes() {
     let env = env_for(&mock);
     expired_store(&env, &mock, 2);
     for _ in 0..20 {
-        let mut children = Vec::new();
-        for args in [
-            &["refresh", "--account", "1", "--force"][..],
-            &["token", "--min-valid", "7200"],
-            &["token", "--account", "1", "--min-valid", "7200"],
-            &["refresh", "--all", "--force"],
-        ] {
-            children.push(
-                env.cmd(args)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("spawn"),
-            );
-        }
-        for c in children {
-            let o = c.wait_with_output().expect("wait");
-            assert!(o.status.success(), "{}", text(&o.stderr));
-        }
+        util::run_all_ok(
+            [
+                &["refresh", "--account", "1", "--force"][..],
+                &["token", "--min-valid", "7200"],
+                &["token", "--account", "1", "--min-valid", "7200"],
+                &["refresh", "--all", "--force"],
+            ]
+            .map(|args| env.cmd(args)),
+        );
     }
     assert_eq!(mock.bad_refreshes(), 0);
     assert!(mock.max_concurrent_same_refresh() <= 1);

@@ -191,18 +191,7 @@ fn invalid_retry_after_is_no_hint_with_a_warning() {
 #[test]
 fn sixteen_concurrent_reports_count_once() {
     let env = with_strategy("sticky");
-    let children: Vec<_> = (0..16)
-        .map(|_| {
-            env.cmd(&["report-429", "--account", "1"])
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn")
-        })
-        .collect();
-    for c in children {
-        let o = c.wait_with_output().expect("wait");
-        assert!(o.status.success(), "{}", text(&o.stderr));
-    }
+    util::run_all_ok((0..16).map(|_| env.cmd(&["report-429", "--account", "1"])));
     let s = env.read_store();
     assert_eq!(s["accounts"][0]["consecutive_rate_limits"], 1);
     assert_eq!(s["current_account_id"], "2");

@@ -204,6 +204,28 @@ pub fn program(var: &str, name: &str) -> Option<PathBuf> {
     found
 }
 
+/// Starts every command at once and waits for all; each must succeed. Returns their outputs
+/// (stdout and stderr captured) in order.
+pub fn run_all_ok(cmds: impl IntoIterator<Item = Command>) -> Vec<Output> {
+    let children: Vec<_> = cmds
+        .into_iter()
+        .map(|mut c| {
+            c.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wait"))
+        .collect();
+    for o in &outs {
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    outs
+}
+
 /// Waits for a condition without sleeping blindly: polls `f` until it holds or `secs` pass.
 pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
