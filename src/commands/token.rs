@@ -60,42 +60,40 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                     Need::Due => std::time::Duration::ZERO,
                     Need::Expired => cfg.lock_timeout(),
                 };
-                match refresh_account(cfg, &id, &seen, &still, wait)? {
+                let why = match refresh_account(cfg, &id, &seen, &still, wait)? {
                     Refreshed::Fresh { .. } => return serve_after_refresh(cfg, args, &id),
-                    // Someone else is refreshing a token that is still valid: serve it.
-                    Refreshed::Busy if matches!(need, Need::Due) => {
-                        return serve_after_refresh(cfg, args, &id)
-                    }
-                    Refreshed::Busy => {
-                        let why = "another process has been refreshing it for lock_timeout_seconds";
-                        if args.account.is_some() {
-                            return Err(server_error(&id, why));
-                        }
-                        failures.push(format!("account {id}: {why}"));
-                        skip.push(id);
-                    }
-                    Refreshed::Failed(why) if matches!(need, Need::Due) => {
-                        crate::msg::warn(&format!(
-                            "account {id}: proactive refresh failed ({why}); its token is still valid, will try again later"
-                        ));
-                        return serve_after_refresh(cfg, args, &id);
-                    }
-                    Refreshed::Failed(why) => {
-                        if args.account.is_some() {
-                            return Err(server_error(&id, &why));
-                        }
-                        crate::msg::debug(&format!(
-                            "account {id}: refresh failed ({why}); trying the next account"
-                        ));
-                        failures.push(format!("account {id}: {why}"));
-                        skip.push(id);
-                    }
                     Refreshed::Revoked if args.account.is_some() => {
                         return Err(no_account(&[id]));
                     }
                     // Marked revoked (or replaced meanwhile): never tried again in this call.
-                    Refreshed::Revoked => skip.push(id),
+                    Refreshed::Revoked => {
+                        skip.push(id);
+                        continue;
+                    }
+                    Refreshed::Busy => None,
+                    Refreshed::Failed(why) => Some(why),
+                };
+                // Not refreshed now. A due token is still valid: serve it (quietly when
+                // another process is busy refreshing it).
+                if matches!(need, Need::Due) {
+                    if let Some(why) = why {
+                        crate::msg::warn(&format!(
+                            "account {id}: proactive refresh failed ({why}); its token is still valid, will try again later"
+                        ));
+                    }
+                    return serve_after_refresh(cfg, args, &id);
                 }
+                let why = why.unwrap_or_else(|| {
+                    "another process has been refreshing it for lock_timeout_seconds".into()
+                });
+                if args.account.is_some() {
+                    return Err(server_error(&id, &why));
+                }
+                crate::msg::debug(&format!(
+                    "account {id}: refresh failed ({why}); trying the next account"
+                ));
+                failures.push(format!("account {id}: {why}"));
+                skip.push(id);
             }
         }
     }
