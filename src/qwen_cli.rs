@@ -42,6 +42,7 @@ impl Creds {
             a.resource_url = Some(r.clone());
         }
         a.expiry_date = self.expiry_date;
+        a.refresh_failed_at = None;
     }
 
     /// Whether these tokens should replace `a`'s: they differ (the Qwen CLI refreshed or
@@ -91,6 +92,9 @@ pub fn read(path: &Path) -> Result<Creds> {
     })
 }
 
+/// Another process holds a lock a refresh needs; says which.
+pub struct Busy(pub String);
+
 /// One refresh's sync with the Qwen CLI's file, holding that CLI's lock until dropped, so
 /// the file cannot change between reading it and writing it back.
 pub struct FileSync {
@@ -99,15 +103,20 @@ pub struct FileSync {
 }
 
 impl FileSync {
-    /// Takes the Qwen CLI's lock when `a` is linked to its file. `None`: nothing to keep in
-    /// step (not linked, or the file is gone; the account itself is fine either way).
-    pub fn begin(cfg: &Config, a: &Account) -> Result<Option<FileSync>> {
+    /// Takes the Qwen CLI's lock when `a` is linked to its file, waiting up to `wait`.
+    /// `Ok(None)`: nothing to keep in step (not linked, or the file is gone; the account itself
+    /// is fine either way). `Err(Busy)`: the Qwen CLI still holds its lock.
+    pub fn begin(
+        cfg: &Config,
+        a: &Account,
+        wait: Duration,
+    ) -> Result<std::result::Result<Option<FileSync>, Busy>> {
         let file = cfg.qwen_cli_file();
         let Some(linked) = a.linked_file.as_deref() else {
-            return Ok(None);
+            return Ok(Ok(None));
         };
         if !same_file(Path::new(linked), &file) {
-            return Ok(None);
+            return Ok(Ok(None));
         }
         if !file.is_file() {
             crate::msg::debug(&format!(
@@ -115,10 +124,19 @@ impl FileSync {
                 a.id,
                 file.display()
             ));
-            return Ok(None);
+            return Ok(Ok(None));
         }
         let lock_path = file.with_file_name(LOCK_FILE);
-        Ok(lock(&lock_path, cfg.lock_timeout())?.map(|lock| FileSync { file, _lock: lock }))
+        Ok(match lock(&lock_path, wait)? {
+            Some(lock) => Ok(Some(FileSync { file, _lock: lock })),
+            None if file.is_file() => Err(Busy(format!(
+                "lock on {} not acquired within {} s (lock_timeout_seconds); the Qwen CLI is refreshing its token (a lock left by a dead process is taken over once {} s old)",
+                lock_path.display(),
+                wait.as_secs(),
+                STALE.as_secs()
+            ))),
+            None => Ok(None),
+        })
     }
 
     /// Before refreshing account `id`: if the file holds newer tokens than the store, stores
@@ -248,8 +266,8 @@ pub struct CliLock {
     heartbeat: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
-/// Takes the lock at `path` the Qwen CLI's way, waiting up to `timeout` (exit 6 after).
-/// `None` when its directory is gone: then there is no file to keep in step.
+/// Takes the lock at `path` the Qwen CLI's way, waiting up to `timeout`. `None` when it is
+/// still held then, or when its directory is gone (no file to keep in step).
 pub fn lock(path: &Path, timeout: Duration) -> Result<Option<CliLock>> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(10);
@@ -272,12 +290,7 @@ pub fn lock(path: &Path, timeout: Duration) -> Result<Option<CliLock>> {
         }
         let waited = start.elapsed();
         if waited >= timeout {
-            return Err(Error::File(format!(
-                "lock on {} not acquired within {} s (lock_timeout_seconds); the Qwen CLI is refreshing its token (a lock left by a dead process is taken over once {} s old)",
-                path.display(),
-                timeout.as_secs(),
-                STALE.as_secs()
-            )));
+            return Ok(None);
         }
         if !said && waited >= QUIET {
             crate::msg::warn(&format!("waiting for lock on {}", path.display()));
@@ -340,15 +353,13 @@ impl CliLock {
     fn hold(path: &Path, file: File) -> CliLock {
         let heartbeat = file.try_clone().ok().and_then(|f| {
             let (stop, rx) = mpsc::channel::<()>();
-            std::thread::Builder::new()
-                .name("qwen-cli-lock".into())
-                .spawn(move || {
-                    while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(HEARTBEAT) {
-                        let _ = f.set_modified(SystemTime::now());
-                    }
-                })
-                .ok()
-                .map(|h| (stop, h))
+            crate::signals::spawn_deaf("qwen-cli-lock", move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(HEARTBEAT) {
+                    let _ = f.set_modified(SystemTime::now());
+                }
+            })
+            .ok()
+            .map(|h| (stop, h))
         });
         CliLock {
             path: path.to_path_buf(),
@@ -417,13 +428,15 @@ mod tests {
     }
 
     #[test]
-    fn lock_is_exclusive_removed_on_drop_and_times_out_naming_the_file() {
+    fn lock_is_exclusive_removed_on_drop_and_not_acquired_while_held() {
         let d = temp_dir("lock");
         let p = d.join(LOCK_FILE);
         let held = lock(&p, Duration::from_secs(1)).ok().flatten();
         assert!(held.is_some() && p.exists());
-        let err = lock(&p, Duration::ZERO).err().map(|e| e.to_string());
-        assert!(err.is_some_and(|m| m.contains("oauth_creds.lock")));
+        assert!(
+            matches!(lock(&p, Duration::ZERO), Ok(None)),
+            "held: not acquired"
+        );
         drop(held);
         assert!(!p.exists());
         let _ = fs::remove_dir_all(&d);

@@ -9,7 +9,7 @@ use crate::commands::transact;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::oauth::{self, RefreshError};
-use crate::qwen_cli::{Creds, FileSync};
+use crate::qwen_cli::{Busy, Creds, FileSync};
 use crate::secret::Secret;
 use crate::store::{Account, Status};
 use std::time::Duration;
@@ -21,8 +21,9 @@ pub enum Refreshed {
     Fresh { expiry_date: i64 },
     /// The server said the refresh token is dead; the account is now revoked.
     Revoked,
-    /// Another process is still refreshing this account after the wait.
-    Busy,
+    /// Another process (qwen-cred or the Qwen CLI) still holds a lock this refresh needs,
+    /// after the wait; says which. Nothing was sent.
+    Busy(String),
     /// The server could not be reached or failed (now, or for the process whose refresh this
     /// one waited for); the tokens were not changed.
     Failed(String),
@@ -42,7 +43,10 @@ pub fn refresh_account(
 ) -> Result<Refreshed> {
     let asked_at = crate::now_ms();
     let Some(_flight) = crate::lock::refresh(&cfg.dir, id, wait)? else {
-        return Ok(Refreshed::Busy);
+        return Ok(Refreshed::Busy(format!(
+            "another qwen-cred has been refreshing account {id} for {} s (lock_timeout_seconds)",
+            wait.as_secs()
+        )));
     };
     let current = read_account(cfg, id)?;
     if current.status == Status::Revoked {
@@ -57,8 +61,12 @@ pub fn refresh_account(
         });
     }
     // The refresh we waited for failed: the server is not answering, asking again now only
-    // piles on (the next call tries again).
-    if current.refresh_failed_at.is_some_and(|t| t >= asked_at) {
+    // piles on (the next call tries again). Only a failure since we asked counts, so a
+    // stamp from a clock that later stepped back cannot stop refreshes for long.
+    if current
+        .refresh_failed_at
+        .is_some_and(|t| (asked_at..=crate::now_ms()).contains(&t))
+    {
         return Ok(Refreshed::Failed(
             "a refresh by another process just failed".into(),
         ));
@@ -67,7 +75,10 @@ pub fn refresh_account(
     // lock (after ours, before the store's) across "read the file, adopt or refresh, write
     // back", so neither side spends a token the other has rotated (files.md).
     let sync = if cfg.bool("sync_qwen_cli") {
-        FileSync::begin(cfg, &current)?
+        match FileSync::begin(cfg, &current, wait)? {
+            Ok(sync) => sync,
+            Err(Busy(why)) => return Ok(Refreshed::Busy(why)),
+        }
     } else {
         None
     };
@@ -85,6 +96,23 @@ pub fn refresh_account(
         Some(a) => a,
         None => current,
     };
+    let deferred = crate::signals::Deferred::new();
+    let result = refresh_and_store(cfg, id, &current, sync.as_ref(), &deferred);
+    // The Qwen CLI's lock goes first: a signal held back meanwhile ends the process as soon
+    // as `deferred` drops, and must not leave that lock behind.
+    drop(sync);
+    drop(deferred);
+    result
+}
+
+/// The HTTP refresh and storing its outcome, with signals held back by the caller.
+fn refresh_and_store(
+    cfg: &Config,
+    id: &str,
+    current: &Account,
+    sync: Option<&FileSync>,
+    deferred: &crate::signals::Deferred,
+) -> Result<Refreshed> {
     let used = current.refresh_token.clone();
     let client = oauth::Client::new(&cfg.oauth_settings())?;
     crate::msg::debug(&format!(
@@ -97,8 +125,7 @@ pub fn refresh_account(
         Some(_) => 1,
         None => cfg.int("token_refresh_retry_attempts").max(1),
     };
-    let deferred = crate::signals::Deferred::new();
-    match with_retries(cfg, attempts, &deferred, || client.refresh(&used)) {
+    match with_retries(cfg, attempts, deferred, || client.refresh(&used)) {
         Ok(tok) => {
             let now = crate::now_ms();
             let new = Creds {
@@ -107,10 +134,10 @@ pub fn refresh_account(
                 // qwen-oauth.md: keep the old refresh token and resource_url when omitted.
                 refresh_token: tok.refresh_token.unwrap_or_else(|| used.clone()),
                 token_type: tok.token_type,
-                resource_url: tok.resource_url.or(current.resource_url),
+                resource_url: tok.resource_url.or(current.resource_url.clone()),
             };
             // The file first: should the store write fail, the next refresh adopts from it.
-            if let Some(s) = &sync {
+            if let Some(s) = sync {
                 s.write_back(&used, &new);
             }
             transact(cfg, |s| {
@@ -119,7 +146,6 @@ pub fn refresh_account(
                 // A login or import may have replaced the tokens meanwhile; theirs win.
                 if a.refresh_token == used {
                     new.apply_to(a);
-                    a.refresh_failed_at = None;
                 }
                 Ok(Refreshed::Fresh {
                     expiry_date: a.expiry_date,
@@ -151,7 +177,9 @@ pub fn refresh_account(
             let now = crate::now_ms();
             transact(cfg, |s| {
                 let i = s.find_id(id)?;
-                s.accounts[i].refresh_failed_at = Some(now);
+                if s.accounts[i].refresh_token == used {
+                    s.accounts[i].refresh_failed_at = Some(now);
+                }
                 Ok(())
             })?;
             Ok(Refreshed::Failed(why))

@@ -11,8 +11,8 @@ pub struct Deferred {
 impl Deferred {
     pub fn new() -> Deferred {
         // SAFETY: plain libc calls on sigset_t values owned here; pthread_sigmask only reads
-        // `set` and writes `old`. Threads started later (the Qwen CLI lock's heartbeat)
-        // inherit the mask, so none of them can take the signal instead.
+        // `set` and writes `old`. It masks this thread; helper threads are started deaf to
+        // every signal (`spawn_deaf`), so none of them can take one instead.
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
@@ -36,6 +36,25 @@ impl Deferred {
             libc::pthread_sigmask(libc::SIG_SETMASK, &blocked, std::ptr::null_mut());
             out
         }
+    }
+}
+
+/// Starts a helper thread (the Qwen CLI lock's heartbeat) that never takes a signal, so one
+/// always reaches the main thread, which defers it or not. The thread inherits a mask that
+/// blocks everything from its first instruction.
+pub fn spawn_deaf(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    // SAFETY: as in `Deferred::new`; the calling thread's mask is restored before returning.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let spawned = std::thread::Builder::new().name(name.into()).spawn(f);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        spawned
     }
 }
 

@@ -631,3 +631,19 @@ fn absurd_lifetimes_are_clamped_or_refused() {
     }
     env.expect(&["list"], 0);
 }
+
+/// A failure stamp from a clock that stepped back does not stop refreshes.
+#[test]
+fn a_refresh_failure_stamp_in_the_future_is_ignored() {
+    let mock = Mock::start();
+    let env = env_for(&mock);
+    expired_store(&env, &mock, 1);
+    let mut s = env.read_store();
+    s["accounts"][0]["refresh_failed_at"] = json!(util::now_ms() + 3_600_000);
+    env.write_store(&s);
+    env.expect(&["token"], 0);
+    assert_eq!(mock.count_refreshes(), 1);
+    assert!(env.read_store()["accounts"][0]
+        .get("refresh_failed_at")
+        .is_none());
+}

@@ -299,6 +299,19 @@ fn install_writes_the_plugin_and_merges_the_provider_idempotently() {
         serde_json::from_slice(&std::fs::read(&auth_file).expect("auth.json")).expect("json");
     assert_eq!(auth["anthropic"]["key"], "k");
     assert_eq!(auth["qwen"]["access"], "qwen-cred");
+    // A symlinked auth.json (dotfile managers) is written through, not replaced.
+    let real = oc.env.root.join("dotfiles-auth.json");
+    std::fs::write(&real, r#"{"anthropic": {"type": "api", "key": "k"}}"#).expect("write");
+    std::fs::remove_file(&auth_file).expect("rm");
+    std::os::unix::fs::symlink(&real, &auth_file).expect("symlink");
+    oc.env.expect(&["opencode", "install", "--write-config"], 0);
+    assert!(std::fs::symlink_metadata(&auth_file)
+        .expect("stat")
+        .file_type()
+        .is_symlink());
+    let auth: Value = serde_json::from_slice(&std::fs::read(&real).expect("read")).expect("json");
+    assert_eq!(auth["qwen"]["access"], "qwen-cred");
+    std::fs::remove_file(&auth_file).expect("rm");
     std::fs::write(&auth_file, "{broken").expect("write");
     let (_, err) = oc.env.expect(&["opencode", "install", "--write-config"], 6);
     assert!(err.contains("auth.json"), "{err}");

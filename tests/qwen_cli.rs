@@ -390,3 +390,60 @@ fn qwen_cli_and_qwen_cred_refreshing_at_once_never_spend_a_dead_token() {
     assert_eq!(mock.bad_refreshes(), 0);
     assert_eq!(dir_names(&env.qwen_dir()), ["oauth_creds.json"]);
 }
+
+/// SIGTERM while a linked account's refresh is in flight (the Qwen CLI lock's heartbeat thread
+/// running): the new tokens reach the store and the file, and the lock is not left behind.
+#[test]
+fn a_signal_during_a_linked_refresh_loses_nothing_and_leaves_no_lock() {
+    let mock = Mock::start();
+    mock.set_rotate_refresh(true);
+    mock.add_account("rt-1", "at-1");
+    let env = env_for(&mock);
+    write_cli_file(&env, "at-1", "rt-1", 30, json!({}));
+    write_linked_store(&env, "at-1", "rt-1", 30);
+    mock.hold_refresh("rt-1");
+    let child = env
+        .cmd(&["token"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    assert!(mock.wait_until(Duration::from_secs(20), |s| s.started("rt-1") == 1));
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    mock.release_refresh("rt-1");
+    let o = child.wait_with_output().expect("wait");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(15), "{}", util::text(&o.stderr));
+    let (_, rt) = store_tokens(&env);
+    assert!(
+        mock.is_live_refresh(&rt),
+        "the store holds the rotated token"
+    );
+    assert_eq!(read_cli_file(&env)["refresh_token"], rt.as_str());
+    assert!(!cli_lock(&env).exists(), "no lock left behind");
+}
+
+/// A token that is only due is served at once while the Qwen CLI holds its lock.
+#[test]
+fn a_due_token_does_not_wait_for_the_qwen_cli() {
+    let mock = Mock::start();
+    mock.add_account("rt-1", "at-1");
+    let mut env = env_for(&mock);
+    env.set("QWEN_CRED_LOCK_TIMEOUT_SECONDS", "30");
+    write_cli_file(&env, "at-1", "rt-1", 600, json!({}));
+    write_linked_store(&env, "at-1", "rt-1", 600);
+    plant_lock(&cli_lock(&env), Duration::ZERO);
+    let start = Instant::now();
+    let (out, err) = env.expect(&["token"], 0);
+    assert_eq!(out.trim(), "at-1");
+    assert!(err.is_empty(), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "did not wait for the lock"
+    );
+    assert_eq!(mock.count_refreshes(), 0);
+}

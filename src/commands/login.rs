@@ -120,6 +120,7 @@ fn place(s: &mut Store, new: Account, slot: &Slot, now: i64) -> Result<(String, 
             a.refresh_token = new.refresh_token;
             a.expiry_date = new.expiry_date;
             a.token_type = new.token_type;
+            a.refresh_failed_at = None;
             if new.resource_url.is_some() {
                 a.resource_url = new.resource_url;
             }

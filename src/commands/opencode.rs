@@ -249,7 +249,9 @@ fn write_auth_marker(file: &Path, dry: bool) -> Result<()> {
     let mut text = serde_json::to_string_pretty(&Value::Object(entries))
         .map_err(|e| Error::Internal(format!("cannot write {}: {e}", file.display())))?;
     text.push('\n');
-    crate::store::write_atomic(file, text.as_bytes())?;
+    // Write through a symlink (dotfile managers) instead of replacing it with a copy.
+    let target = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    crate::store::write_atomic(&target, text.as_bytes())?;
     msg::warn(&format!(
         "added the qwen-cred marker for \"{PROVIDER_ID}\" to {} (OpenCode then asks qwen-cred for every token)",
         file.display()

@@ -61,7 +61,10 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
                 warn(&format!("{name}: valid until {}", rfc3339(expiry_date)))
             }
             Refreshed::Revoked => revoked += 1,
-            Refreshed::Busy => warn(&format!("{name}: another process is refreshing it")),
+            Refreshed::Busy(why) => {
+                warn(&format!("{name}: not refreshed: {why}"));
+                failed += 1;
+            }
             Refreshed::Failed(why) => {
                 warn(&format!("{name}: refresh failed: {why}"));
                 failed += 1;

@@ -27,7 +27,8 @@ enum Step {
 pub fn run(cfg: &Config, args: &Token) -> Result<()> {
     let policy = cfg.rotation_policy();
     let mut skip: Vec<String> = Vec::new();
-    let mut failures: Vec<String> = Vec::new();
+    // Why each skipped account could not be refreshed, and whether only a lock was in the way.
+    let mut failures: Vec<(String, bool)> = Vec::new();
     let mut imported = false;
     loop {
         let now = crate::now_ms();
@@ -45,10 +46,19 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                 if failures.is_empty() {
                     return Err(no_account(&revoked));
                 }
-                return Err(Error::Server(format!(
-                    "no account could be refreshed ({}); retry later",
-                    failures.join("; ")
-                )));
+                let what = format!(
+                    "no account could be refreshed ({})",
+                    failures
+                        .iter()
+                        .map(|(w, _)| w.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+                return Err(if failures.iter().all(|(_, busy)| *busy) {
+                    Error::File(what)
+                } else {
+                    Error::Server(format!("{what}; retry later"))
+                });
             }
             Step::Refresh { id, need, seen } => {
                 let still = |a: &Account| {
@@ -60,7 +70,7 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                     Need::Due => std::time::Duration::ZERO,
                     Need::Expired => cfg.lock_timeout(),
                 };
-                let why = match refresh_account(cfg, &id, &seen, &still, wait)? {
+                let (why, busy) = match refresh_account(cfg, &id, &seen, &still, wait)? {
                     Refreshed::Fresh { .. } => return serve_after_refresh(cfg, args, &id),
                     Refreshed::Revoked if args.account.is_some() => {
                         return Err(no_account(&[id]));
@@ -70,29 +80,32 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                         skip.push(id);
                         continue;
                     }
-                    Refreshed::Busy => None,
-                    Refreshed::Failed(why) => Some(why),
+                    Refreshed::Busy(why) => (why, true),
+                    Refreshed::Failed(why) => (why, false),
                 };
                 // Not refreshed now. A due token is still valid: serve it (quietly when
                 // another process is busy refreshing it).
                 if matches!(need, Need::Due) {
-                    if let Some(why) = why {
+                    if !busy {
                         crate::msg::warn(&format!(
                             "account {id}: proactive refresh failed ({why}); its token is still valid, will try again later"
                         ));
                     }
                     return serve_after_refresh(cfg, args, &id);
                 }
-                let why = why.unwrap_or_else(|| {
-                    "another process has been refreshing it for lock_timeout_seconds".into()
-                });
+                // A lock not acquired in time is a local matter (exit 6); a server that
+                // failed is exit 5.
                 if args.account.is_some() {
-                    return Err(server_error(&id, &why));
+                    return Err(if busy {
+                        Error::File(why)
+                    } else {
+                        server_error(&id, &why)
+                    });
                 }
                 crate::msg::debug(&format!(
-                    "account {id}: refresh failed ({why}); trying the next account"
+                    "account {id}: not refreshed ({why}); trying the next account"
                 ));
-                failures.push(format!("account {id}: {why}"));
+                failures.push((format!("account {id}: {why}"), busy));
                 skip.push(id);
             }
         }
