@@ -65,24 +65,38 @@ fn acquire(path: &Path, timeout: Duration) -> Result<Option<Held>> {
         .open(path)
         .map_err(|e| Error::io("cannot open lock file", path, e))?;
     let mut lock = RwLock::new(file);
+    let got = wait_for(path, timeout, Duration::from_millis(4), || {
+        match lock.try_write() {
+            Ok(guard) => {
+                // Keep the lock until the file closes: `Held` owns the fd.
+                std::mem::forget(guard);
+                Ok(Some(()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(Error::io("cannot lock", path, e)),
+        }
+    })?;
+    Ok(got.map(|()| Held { _file: lock }))
+}
+
+/// The waiting policy of every lock, ours and the Qwen CLI's: `attempt` until it gives
+/// `Some`, quietly for a moment, then saying "waiting for lock on PATH", pausing a little
+/// longer each time (up to `max_pause`); `None` once `timeout` has passed.
+pub fn wait_for<T>(
+    path: &Path,
+    timeout: Duration,
+    max_pause: Duration,
+    mut attempt: impl FnMut() -> Result<Option<T>>,
+) -> Result<Option<T>> {
     let start = Instant::now();
     let mut said = false;
     let mut pause = Duration::from_millis(1);
     loop {
-        let got = match lock.try_write() {
-            Ok(guard) => {
-                // Keep the lock until the file closes: `Held` owns the fd.
-                std::mem::forget(guard);
-                true
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-            Err(e) => return Err(Error::io("cannot lock", path, e)),
-        };
-        if got {
+        if let Some(got) = attempt()? {
             if said {
                 crate::msg::debug(&format!("got lock on {}", path.display()));
             }
-            return Ok(Some(Held { _file: lock }));
+            return Ok(Some(got));
         }
         let waited = start.elapsed();
         if waited >= timeout {
@@ -93,6 +107,6 @@ fn acquire(path: &Path, timeout: Duration) -> Result<Option<Held>> {
             said = true;
         }
         std::thread::sleep(pause.min(timeout - waited));
-        pause = (pause * 2).min(Duration::from_millis(4));
+        pause = (pause * 2).min(max_pause);
     }
 }

@@ -21,7 +21,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// The tokens of a Qwen CLI file.
 pub struct Creds {
@@ -254,8 +254,6 @@ const STALE: Duration = Duration::from_secs(10);
 /// How often a held lock's mtime is renewed, well inside `STALE`, so that a slow refresh
 /// (HTTP timeouts, retries) is not mistaken for a dead one and taken over mid-flight.
 const HEARTBEAT: Duration = Duration::from_secs(2);
-/// How long to try quietly before saying "waiting for lock" (as lock.rs).
-const QUIET: Duration = Duration::from_millis(300);
 const MAX_PAUSE: Duration = Duration::from_millis(250);
 
 /// The Qwen CLI's lock, held. Dropping it (also on an error or a panic) removes the lock
@@ -269,16 +267,14 @@ pub struct CliLock {
 /// Takes the lock at `path` the Qwen CLI's way, waiting up to `timeout`. `None` when it is
 /// still held then, or when its directory is gone (no file to keep in step).
 pub fn lock(path: &Path, timeout: Duration) -> Result<Option<CliLock>> {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(10);
-    let mut said = false;
-    loop {
+    // Some(None): the directory is gone, stop waiting.
+    let got = crate::lock::wait_for(path, timeout, MAX_PAUSE, || loop {
         match create_lock(path) {
-            Ok(file) => return Ok(Some(CliLock::hold(path, file))),
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Ok(file) => return Ok(Some(Some(file))),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Some(None)),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                if remove_stale(path) {
-                    continue;
+                if !remove_stale(path) {
+                    return Ok(None);
                 }
             }
             Err(e) => {
@@ -288,17 +284,8 @@ pub fn lock(path: &Path, timeout: Duration) -> Result<Option<CliLock>> {
                 )))
             }
         }
-        let waited = start.elapsed();
-        if waited >= timeout {
-            return Ok(None);
-        }
-        if !said && waited >= QUIET {
-            crate::msg::warn(&format!("waiting for lock on {}", path.display()));
-            said = true;
-        }
-        std::thread::sleep(pause.min(timeout - waited));
-        pause = (pause * 3 / 2).min(MAX_PAUSE);
-    }
+    })?;
+    Ok(got.flatten().map(|file| CliLock::hold(path, file)))
 }
 
 /// O_EXCL create, with a random id in it as the Qwen CLI writes.
