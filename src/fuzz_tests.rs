@@ -841,9 +841,11 @@ fn token_response_never_panics_and_keeps_what_it_was_given() {
             "resource_url": "portal.qwen.ai",
             "id_token": "a.b.c",
         });
-        let ok = TokenResponse::from_json(&v).map_err(|e| e.to_string());
-        let t = ok.unwrap_or_else(|e| panic!("a valid answer was refused: {e}"));
-        assert_eq!(t.access_token.expose(), at);
+        let t = TokenResponse::from_json(&v);
+        assert_eq!(
+            t.access_token.as_ref().map(|s| s.expose()),
+            Some(at.as_str())
+        );
         assert_eq!(
             t.refresh_token.as_ref().map(|s| s.expose()),
             Some(rt.as_str())
@@ -882,28 +884,19 @@ fn token_response_never_panics_and_keeps_what_it_was_given() {
         let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
             return;
         };
-        match TokenResponse::from_json(&v) {
-            Ok(t) => {
-                let a = t.access_token.expose();
-                assert!(!a.trim().is_empty());
-                assert_eq!(Some(a), v.get("access_token").and_then(Value::as_str));
-                assert!(t.expires_in > 0);
-                if let Some(r) = &t.refresh_token {
-                    assert!(!r.expose().trim().is_empty());
-                }
-                assert!(!t.token_type.trim().is_empty());
-            }
-            Err(e) => {
-                assert!(!e.contains("SECRET"), "a token in an error: {e}");
-                let has_token = v
-                    .get("access_token")
-                    .and_then(Value::as_str)
-                    .is_some_and(|s| !s.trim().is_empty());
-                assert!(
-                    !has_token || e.contains("expires_in"),
-                    "refused with a token present: {e}"
-                );
-            }
+        // Whatever came, what is kept is what was sent, and a kept access token is fit
+        // for a header line; a refresh token sent is never dropped.
+        let t = TokenResponse::from_json(&v);
+        if let Some(a) = &t.access_token {
+            let a = a.expose();
+            assert!(!a.is_empty() && !a.chars().any(|c| c.is_whitespace() || c.is_control()));
+            assert_eq!(Some(a), v.get("access_token").and_then(Value::as_str));
         }
+        let sent_rt = v
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty());
+        assert_eq!(t.refresh_token.as_ref().map(|s| s.expose()), sent_rt);
+        assert!(!t.token_type.trim().is_empty());
     });
 }

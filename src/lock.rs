@@ -36,6 +36,12 @@ pub fn refresh(dir: &Path, account_id: &str, wait: Duration) -> Result<Option<He
 }
 
 fn refresh_lock_path(dir: &Path, account_id: &str) -> PathBuf {
+    account_file(dir, account_id, "lock")
+}
+
+/// `D/qwen-accounts.refresh-ID.EXT`: a file of one account beside the store (its refresh lock,
+/// its refresh journal).
+pub fn account_file(dir: &Path, account_id: &str, ext: &str) -> PathBuf {
     // Ids come from a file a person may edit: keep only what is safe in a file name.
     let safe: String = account_id
         .chars()
@@ -47,7 +53,7 @@ fn refresh_lock_path(dir: &Path, account_id: &str) -> PathBuf {
             }
         })
         .collect();
-    dir.join(format!("qwen-accounts.refresh-{safe}.lock"))
+    dir.join(format!("qwen-accounts.refresh-{safe}.{ext}"))
 }
 
 /// `None` when the lock is still taken after `timeout`.

@@ -7,6 +7,7 @@ mod config;
 mod error;
 #[cfg(test)]
 mod fuzz_tests;
+mod journal;
 mod lock;
 mod msg;
 mod oauth;

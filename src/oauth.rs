@@ -54,12 +54,17 @@ pub struct DeviceCode {
     pub interval: Option<u64>,
 }
 
-/// A successful token answer, from the device grant or a refresh.
+/// A successful token answer, from the device grant or a refresh. A 200 is taken for what it
+/// carries: a refresh answer may have spent the old refresh token, so its new one is kept even
+/// when the other fields are odd (files.md, Locking).
 #[derive(Debug, Clone)]
 pub struct TokenResponse {
-    pub access_token: Secret,
+    /// `None` when missing, blank, or holding whitespace or a control character (it would
+    /// inject a header line in `token --format header`).
+    pub access_token: Option<Secret>,
     pub refresh_token: Option<Secret>,
     pub token_type: String,
+    /// Seconds; 0 means "expired now" (non-positive or unparsable in the answer).
     pub expires_in: u64,
     pub resource_url: Option<String>,
     pub id_token: Option<Secret>,
@@ -201,15 +206,23 @@ impl Client {
         let reply = self.post(url, &form).map_err(PollError::Transient)?;
         let status = reply.status;
         let error = reply.json.as_ref().and_then(error_code);
+        let note = || {
+            let note = reply.json.as_ref().map(error_note).unwrap_or_default();
+            crate::secret::redact(&note, &[device_code, verifier])
+        };
         // Error codes of RFC 8628 §3.5; 429 is the plain HTTP way to say slow down.
         match (status, error.as_deref()) {
             (200, _) => {
                 let json = reply.json.ok_or_else(|| {
                     PollError::Transient(format!("{url} answered 200 with a body that is not JSON"))
                 })?;
-                TokenResponse::from_json(&json)
-                    .map(Poll::Done)
-                    .map_err(|why| PollError::Transient(format!("{url} lied: {why}")))
+                let tok = TokenResponse::from_json(&json);
+                match tok.access_token {
+                    Some(_) => Ok(Poll::Done(tok)),
+                    None => Err(PollError::Transient(format!(
+                        "{url} answered 200 with no usable access_token"
+                    ))),
+                }
             }
             (400, Some("authorization_pending")) => Ok(Poll::Pending),
             (400, Some("slow_down")) | (429, _) => Ok(Poll::SlowDown),
@@ -221,7 +234,7 @@ impl Client {
             }
             (401, _) => Err(PollError::Fatal(format!(
                 "{url} rejected the client (HTTP 401{})",
-                reply.json.as_ref().map(error_note).unwrap_or_default()
+                note()
             ))),
             (500..=599, _) => Err(PollError::Transient(format!(
                 "{url} answered HTTP {status}"
@@ -231,7 +244,7 @@ impl Client {
             ))),
             _ => Err(PollError::Fatal(format!(
                 "{url} answered HTTP {status}{}",
-                reply.json.as_ref().map(error_note).unwrap_or_default()
+                note()
             ))),
         }
     }
@@ -305,24 +318,31 @@ impl Client {
             )));
         };
         if status == 200 {
-            return TokenResponse::from_json(&json)
-                .map_err(|why| RefreshError::Transient(format!("{url} {why}")));
+            let tok = TokenResponse::from_json(&json);
+            if tok.access_token.is_none() && tok.refresh_token.is_none() {
+                return Err(RefreshError::Transient(format!(
+                    "{url} answered HTTP 200 with no usable access_token and no refresh_token"
+                )));
+            }
+            return Ok(tok);
         }
+        // A server may echo the token it was sent in its error text.
+        let redact = |text: String| crate::secret::redact(&text, &[refresh_token]);
         // RFC 6749 §5.2: the error response is 400 (401 for a failed client authentication)
         // with an `error` code. Only the codes that say the grant is dead revoke the account;
         // the service answers invalid_request "Invalid refresh token or client_id" for a
         // dead refresh token (qwen-oauth.md).
         match (status, error_code(&json).as_deref()) {
             (400 | 401, Some(code @ ("invalid_grant" | "invalid_request"))) => {
-                Err(RefreshError::Dead(match description(&json) {
+                Err(RefreshError::Dead(redact(match description(&json) {
                     Some(d) => format!("{code}: {d}"),
                     None => code.to_string(),
-                }))
+                })))
             }
-            _ => Err(RefreshError::Transient(format!(
+            _ => Err(RefreshError::Transient(redact(format!(
                 "{url} answered HTTP {status}{}",
                 error_note(&json)
-            ))),
+            )))),
         }
     }
 }
@@ -336,26 +356,42 @@ impl TokenResponse {
         now_ms.saturating_add(ms).min(crate::store::MAX_TIME_MS)
     }
 
-    /// Reads a token answer (RFC 6749 §5.1). `Err` says what was missing; a 200 without a
-    /// usable access token is the server's failure, not the user's.
-    pub fn from_json(json: &Value) -> std::result::Result<TokenResponse, String> {
-        let access_token = nonempty(json, "access_token").ok_or("returned no access_token")?;
-        let expires_in = json
-            .get("expires_in")
-            .and_then(|v| {
-                v.as_u64()
-                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-            })
-            .filter(|&n| n > 0)
-            .ok_or("returned no valid expires_in")?;
-        Ok(TokenResponse {
-            access_token: Secret::new(access_token),
+    /// Reads a token answer (RFC 6749 §5.1) for what it carries; the caller decides whether
+    /// that is enough. The rules for odd fields are files.md's (Locking).
+    pub fn from_json(json: &Value) -> TokenResponse {
+        TokenResponse {
+            access_token: nonempty(json, "access_token")
+                .filter(|t| !t.chars().any(|c| c.is_whitespace() || c.is_control()))
+                .map(Secret::new),
             refresh_token: nonempty(json, "refresh_token").map(Secret::new),
-            token_type: nonempty(json, "token_type").unwrap_or_else(|| "Bearer".to_string()),
-            expires_in,
-            resource_url: nonempty(json, "resource_url"),
+            token_type: nonempty(json, "token_type")
+                .filter(|t| !has_control(t))
+                .unwrap_or_else(|| "Bearer".to_string()),
+            expires_in: expires_in(json.get("expires_in")),
+            resource_url: nonempty(json, "resource_url").filter(|r| !has_control(r)),
             id_token: nonempty(json, "id_token").map(Secret::new),
-        })
+        }
+    }
+}
+
+/// `expires_in` in seconds: missing means 3600 (RFC 6749 §5.1 lets a server omit it), a
+/// positive number or numeric string is taken (a fraction cut, a huge one clamped later by
+/// `expiry_date`), anything else (zero, negative, garbage) means expired now, 0.
+fn expires_in(v: Option<&Value>) -> u64 {
+    let text = match v {
+        None | Some(Value::Null) => return 3600,
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(_) => return 0,
+    };
+    // Integers exactly; anything else through f64.
+    if let Ok(n) = text.parse::<u64>() {
+        return n;
+    }
+    match text.parse::<f64>().ok() {
+        // `as` saturates: 1e30 becomes u64::MAX, clamped to ten years by `expiry_date`.
+        Some(s) if s.is_finite() && s >= 1.0 => s as u64,
+        _ => 0,
     }
 }
 
@@ -751,22 +787,47 @@ mod tests {
     fn token_response_parsing() {
         let t = TokenResponse::from_json(&serde_json::json!({
             "access_token": "at", "expires_in": 3600
-        }))
-        .expect("minimal answer");
-        assert_eq!(t.access_token.expose(), "at");
+        }));
+        assert_eq!(t.access_token.as_ref().map(Secret::expose), Some("at"));
         assert!(t.refresh_token.is_none() && t.resource_url.is_none() && t.id_token.is_none());
         assert_eq!((t.token_type.as_str(), t.expires_in), ("Bearer", 3600));
         let t = TokenResponse::from_json(&serde_json::json!({
             "access_token": "at", "refresh_token": "rt", "token_type": "bearer",
             "expires_in": "60", "resource_url": "portal.qwen.ai", "id_token": "x.y.z"
-        }))
-        .expect("full answer");
+        }));
         assert_eq!(t.refresh_token.as_ref().map(Secret::expose), Some("rt"));
         assert_eq!(t.resource_url.as_deref(), Some("portal.qwen.ai"));
-        let missing = TokenResponse::from_json(&serde_json::json!({"expires_in": 60}));
-        assert!(missing.unwrap_err().contains("access_token"));
-        let no_expiry = TokenResponse::from_json(&serde_json::json!({"access_token": "a"}));
-        assert!(no_expiry.unwrap_err().contains("expires_in"));
+        assert_eq!(t.expires_in, 60);
+        let odd = |body: Value| TokenResponse::from_json(&body);
+        assert!(odd(serde_json::json!({"expires_in": 60}))
+            .access_token
+            .is_none());
+        for bad in ["", "  ", "a b", "a\nX-Evil: 1", "a\t", "a\u{7f}"] {
+            let t = odd(serde_json::json!({"access_token": bad, "refresh_token": "rt"}));
+            assert!(t.access_token.is_none(), "{bad:?}");
+            assert_eq!(t.refresh_token.as_ref().map(Secret::expose), Some("rt"));
+        }
+        // files.md: missing is 3600, non-positive or unparsable is expired now, huge clamped.
+        for (v, want) in [
+            (Value::Null, 3600),
+            (serde_json::json!(3600.0), 3600),
+            (serde_json::json!(90.9), 90),
+            (serde_json::json!("120"), 120),
+            (serde_json::json!(0), 0),
+            (serde_json::json!(-5), 0),
+            (serde_json::json!(0.5), 0),
+            (serde_json::json!("soon"), 0),
+            (serde_json::json!(true), 0),
+            (serde_json::json!(1e30), u64::MAX),
+        ] {
+            let body = match v {
+                Value::Null => serde_json::json!({"access_token": "a"}),
+                v => serde_json::json!({"access_token": "a", "expires_in": v}),
+            };
+            assert_eq!(odd(body).expires_in, want);
+        }
+        let huge = odd(serde_json::json!({"access_token": "a", "expires_in": 1e30}));
+        assert_eq!(huge.expiry_date(1000), 1000 + 10 * 365 * 86_400_000);
     }
 
     #[test]
@@ -842,10 +903,14 @@ mod tests {
             (200, "<html>hi</html>"),
             (429, ""),
             (403, r#"{"error":"forbidden"}"#),
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"rt-secret-1 is spent"}"#,
+            ),
         ]);
         let rt = Secret::new("rt-secret-1");
         let t = client.refresh(&rt).expect("200");
-        assert_eq!(t.access_token.expose(), "at2");
+        assert_eq!(t.access_token.as_ref().map(Secret::expose), Some("at2"));
         match client.refresh(&rt) {
             Err(RefreshError::Dead(why)) => {
                 assert_eq!(why, "invalid_request: Invalid refresh token or client_id")
@@ -865,6 +930,10 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        // A server echoing the token it was sent never gets it into a message.
+        assert!(
+            matches!(client.refresh(&rt), Err(RefreshError::Dead(w)) if w == "invalid_grant: REDACTED is spent")
+        );
         let req = seen.lock().expect("log")[0].to_ascii_lowercase();
         assert!(req.starts_with("post /api/v1/oauth2/token "));
         assert!(req.contains("user-agent: qwen-cred/"));

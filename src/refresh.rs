@@ -8,6 +8,7 @@
 use crate::commands::transact;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::journal::{self, Journal};
 use crate::oauth::{self, RefreshError};
 use crate::qwen_cli::{Busy, Creds, FileSync};
 use crate::secret::Secret;
@@ -16,13 +17,17 @@ use std::time::Duration;
 
 /// What became of a refresh.
 pub enum Refreshed {
-    /// The account now holds a fresh token (ours, one another process stored meanwhile, or
-    /// the Qwen CLI's) valid until this time.
-    Fresh { expiry_date: i64 },
+    /// The account, holding a fresh token (ours, one another process stored meanwhile, or
+    /// the Qwen CLI's). Should the store have refused the write, this is the only copy of
+    /// the access token, and the refresh token waits in the journal.
+    Fresh(Box<Account>),
     /// The server said the refresh token is dead; the account is now revoked.
     Revoked,
+    /// The account was removed from the store meanwhile.
+    Gone,
     /// Another process (qwen-cred or the Qwen CLI) still holds a lock this refresh needs,
-    /// after the wait; says which. Nothing was sent.
+    /// after the wait, or the answer could not have been kept (the journal could not be
+    /// reserved); says which. Nothing was sent.
     Busy(String),
     /// The server could not be reached or failed (now, or for the process whose refresh this
     /// one waited for); the tokens were not changed.
@@ -48,7 +53,16 @@ pub fn refresh_account(
             wait.as_secs()
         )));
     };
-    let current = read_account(cfg, id)?;
+    // Before anything else: tokens an earlier refresh got but could not store.
+    if let Err(e) = fold_journal(cfg, id) {
+        return Ok(Refreshed::Busy(format!(
+            "the tokens of an earlier refresh wait in {} and cannot be stored yet ({e})",
+            journal::path(&cfg.dir, id).display()
+        )));
+    }
+    let Some(current) = read_account(cfg, id)? else {
+        return Ok(Refreshed::Gone);
+    };
     if current.status == Status::Revoked {
         return Ok(Refreshed::Revoked);
     }
@@ -56,9 +70,7 @@ pub fn refresh_account(
         crate::msg::debug(&format!(
             "account {id}: adopting the token another process refreshed"
         ));
-        return Ok(Refreshed::Fresh {
-            expiry_date: current.expiry_date,
-        });
+        return Ok(Refreshed::Fresh(Box::new(current)));
     }
     // The refresh we waited for failed: the server is not answering, asking again now only
     // piles on (the next call tries again). Only a failure since we asked counts, so a
@@ -88,11 +100,7 @@ pub fn refresh_account(
     };
     // Tokens adopted from the file are refreshed in turn if they still need it.
     let current = match adopted {
-        Some(a) if !still_needed(&a) => {
-            return Ok(Refreshed::Fresh {
-                expiry_date: a.expiry_date,
-            })
-        }
+        Some(a) if !still_needed(&a) => return Ok(Refreshed::Fresh(Box::new(a))),
         Some(a) => a,
         None => current,
     };
@@ -115,6 +123,15 @@ fn refresh_and_store(
 ) -> Result<Refreshed> {
     let used = current.refresh_token.clone();
     let client = oauth::Client::new(&cfg.oauth_settings())?;
+    // Once the request is sent the old refresh token may be spent: without room to keep the
+    // answer, do not send it (the account stays alive; the caller serves what it can).
+    let journal = match Journal::reserve(&cfg.dir, id) {
+        Ok(j) => j,
+        Err(e) => {
+            crate::msg::warn(&format!("account {id}: not refreshed: {e}"));
+            return Ok(Refreshed::Busy(e.to_string()));
+        }
+    };
     crate::msg::debug(&format!(
         "account {id}: refreshing at {}",
         cfg.str("oauth_base_url")
@@ -125,38 +142,18 @@ fn refresh_and_store(
         Some(_) => 1,
         None => cfg.int("token_refresh_retry_attempts").max(1),
     };
+    // Server text may echo a token this call knows.
+    let redact = |text: &str| crate::secret::redact(text, &[&used, &current.access_token]);
     match with_retries(cfg, attempts, deferred, || client.refresh(&used)) {
-        Ok(tok) => {
-            let now = crate::now_ms();
-            let new = Creds {
-                expiry_date: tok.expiry_date(now),
-                access_token: tok.access_token,
-                // qwen-oauth.md: keep the old refresh token and resource_url when omitted.
-                refresh_token: tok.refresh_token.unwrap_or_else(|| used.clone()),
-                token_type: tok.token_type,
-                resource_url: tok.resource_url.or(current.resource_url.clone()),
-            };
-            // The file first: should the store write fail, the next refresh adopts from it.
-            if let Some(s) = sync {
-                s.write_back(&used, &new);
-            }
-            transact(cfg, |s| {
-                let i = s.find_id(id)?;
-                let a = &mut s.accounts[i];
-                // A login or import may have replaced the tokens meanwhile; theirs win.
-                if a.refresh_token == used {
-                    new.apply_to(a);
-                }
-                Ok(Refreshed::Fresh {
-                    expiry_date: a.expiry_date,
-                })
-            })
-        }
+        Ok(tok) => store_answer(cfg, id, current, &used, tok, sync, journal),
         Err(RefreshError::Dead(reason)) => {
+            journal.discard();
+            let reason = redact(&reason);
             let now = crate::now_ms();
-            transact(cfg, |s| {
-                let i = s.find_id(id)?;
-                let a = &mut s.accounts[i];
+            let found = transact(cfg, |s| {
+                let Some(a) = s.accounts.iter_mut().find(|a| a.id == id) else {
+                    return Ok(false);
+                };
                 if a.refresh_token == used {
                     a.status = Status::Revoked;
                     a.status_reason = Some(reason.clone());
@@ -168,28 +165,146 @@ fn refresh_and_store(
                         a.relogin_hint()
                     ));
                 }
-                Ok(())
+                Ok(true)
             })?;
-            Ok(Refreshed::Revoked)
+            Ok(if found {
+                Refreshed::Revoked
+            } else {
+                Refreshed::Gone
+            })
         }
         Err(RefreshError::Transient(why)) => {
+            journal.discard();
             // Recorded so that callers queued behind this refresh do not repeat it at once.
             let now = crate::now_ms();
             transact(cfg, |s| {
-                let i = s.find_id(id)?;
-                if s.accounts[i].refresh_token == used {
-                    s.accounts[i].refresh_failed_at = Some(now);
+                if let Some(a) = s.accounts.iter_mut().find(|a| a.id == id) {
+                    if a.refresh_token == used {
+                        a.refresh_failed_at = Some(now);
+                    }
                 }
                 Ok(())
             })?;
-            Ok(Refreshed::Failed(why))
+            Ok(Refreshed::Failed(redact(&why)))
         }
     }
 }
 
-fn read_account(cfg: &Config, id: &str) -> Result<Account> {
+/// Keeps what a 200 carried: journal first (fsync'd), then the Qwen CLI's file, then the
+/// store. Whatever fails after the journal, the tokens are kept and the access token served.
+fn store_answer(
+    cfg: &Config,
+    id: &str,
+    current: &Account,
+    used: &Secret,
+    tok: oauth::TokenResponse,
+    sync: Option<&FileSync>,
+    journal: Journal,
+) -> Result<Refreshed> {
+    let now = crate::now_ms();
+    let usable = tok.access_token.is_some();
+    let new = Creds {
+        // Without a usable access token the old one stays, expired now, so that the next
+        // call refreshes again with the new refresh token (files.md, Locking).
+        expiry_date: match usable {
+            true => tok.expiry_date(now),
+            false => current.expiry_date.min(now),
+        },
+        access_token: tok
+            .access_token
+            .unwrap_or_else(|| current.access_token.clone()),
+        // qwen-oauth.md: keep the old refresh token and resource_url when omitted.
+        refresh_token: tok.refresh_token.unwrap_or_else(|| used.clone()),
+        token_type: tok.token_type,
+        resource_url: tok.resource_url.or(current.resource_url.clone()),
+    };
+    let journaled = journal.record(id, used, &new);
+    if let Err(e) = &journaled {
+        crate::msg::warn(&format!(
+            "account {id}: cannot write {} ({e}); storing the new tokens directly",
+            journal.path().display()
+        ));
+    }
+    // The file next: should the store write fail, the Qwen CLI keeps working too.
+    if let Some(s) = sync {
+        s.write_back(used, &new);
+    }
+    let stored = transact(cfg, |s| {
+        let Some(a) = s.accounts.iter_mut().find(|a| a.id == id) else {
+            return Ok(None);
+        };
+        // A login or import may have replaced the tokens meanwhile; theirs win.
+        if a.refresh_token == *used {
+            new.apply_to(a);
+            if !usable {
+                a.refresh_failed_at = Some(now);
+            }
+        }
+        Ok(Some(a.clone()))
+    });
+    let account = match stored {
+        Ok(Some(a)) => {
+            journal.discard();
+            a
+        }
+        Ok(None) => {
+            journal.discard();
+            return Ok(Refreshed::Gone);
+        }
+        Err(e) => {
+            crate::msg::warn(&match journaled {
+                Ok(()) => format!(
+                    "account {id}: the new tokens could not be stored ({e}); they are kept in {} and the next call stores them",
+                    journal.path().display()
+                ),
+                Err(_) => format!(
+                    "account {id}: the new tokens could not be stored ({e}); this call still serves its access token"
+                ),
+            });
+            let mut a = current.clone();
+            new.apply_to(&mut a);
+            a
+        }
+    };
+    if !usable {
+        return Ok(Refreshed::Failed(format!(
+            "{} answered 200 without a usable access_token; its new refresh token is kept",
+            cfg.str("oauth_base_url")
+        )));
+    }
+    Ok(Refreshed::Fresh(Box::new(account)))
+}
+
+/// Folds a journal left by an earlier refresh of account `id` into the store: its tokens
+/// replace the spent refresh token it names. The caller holds the account's refresh lock.
+fn fold_journal(cfg: &Config, id: &str) -> Result<()> {
+    let Some(entry) = journal::pending(&cfg.dir, id)? else {
+        return Ok(());
+    };
+    let folded = transact(cfg, |s| {
+        Ok(match s.accounts.iter_mut().find(|a| a.id == id) {
+            Some(a) if entry.spent(&a.refresh_token) => {
+                entry.creds.apply_to(a);
+                true
+            }
+            // Already stored, replaced by a login, or removed: nothing left to keep.
+            _ => false,
+        })
+    })?;
+    if folded {
+        crate::msg::debug(&format!(
+            "account {id}: stored the tokens an earlier refresh left in its journal"
+        ));
+    }
+    // Best effort: a journal left behind is found spent next time and removed then.
+    journal::remove(&cfg.dir, id);
+    Ok(())
+}
+
+/// The account as stored now; `None` once removed.
+fn read_account(cfg: &Config, id: &str) -> Result<Option<Account>> {
     let s = crate::store::load(&cfg.store_path())?;
-    Ok(s.accounts[s.find_id(id)?].clone())
+    Ok(s.accounts.into_iter().find(|a| a.id == id))
 }
 
 /// Makes `attempts` attempts at most while failures are transient, the delay doubling from

@@ -14,6 +14,25 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// SHA-256 of the value, in hex: names a token in a file without holding it.
+    pub fn sha256_hex(&self) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(self.0.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// `text` with every occurrence of each non-empty secret replaced by `REDACTED`. Text that came
+/// from a server (an `error_description`) may echo a token the call sent; it goes through here
+/// before it is printed or stored.
+pub fn redact(text: &str, secrets: &[&Secret]) -> String {
+    secrets
+        .iter()
+        .filter(|s| !s.0.is_empty())
+        .fold(text.to_string(), |t, s| t.replace(&s.0, "REDACTED"))
 }
 
 impl fmt::Debug for Secret {
@@ -32,5 +51,18 @@ mod tests {
         assert_eq!(format!("{s:?}"), "REDACTED");
         assert_eq!(format!("{:?}", Some(&s)), "Some(REDACTED)");
         assert_eq!(s.expose(), "tok-123");
+    }
+
+    #[test]
+    fn redact_replaces_every_known_secret() {
+        let (a, b, empty) = (
+            Secret::new("tok-a"),
+            Secret::new("tok-b"),
+            Secret::default(),
+        );
+        assert_eq!(
+            super::redact("x tok-a y tok-b tok-a", &[&a, &b, &empty]),
+            "x REDACTED y REDACTED REDACTED"
+        );
     }
 }

@@ -4,6 +4,7 @@
 mod util;
 
 mod core;
+mod keep;
 mod oauth;
 mod opencode;
 mod qwen_cli;

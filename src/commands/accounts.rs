@@ -17,7 +17,11 @@ pub fn list(cfg: &Config, args: &List) -> Result<()> {
         let items: Vec<Value> = s
             .accounts
             .iter()
-            .map(|a| account_json(&s, a, now))
+            .map(|a| {
+                let mut v = account_json(&s, a, now);
+                v["pending_journal"] = crate::journal::is_pending(&cfg.dir, &a.id).into();
+                v
+            })
             .collect();
         return super::config::print_json(&Value::Array(items));
     }
@@ -35,10 +39,14 @@ pub fn list(cfg: &Config, args: &List) -> Result<()> {
                 relative(a.expiry_date, now)
             };
             let used = a.last_used_at.map_or("never".into(), |t| relative(t, now));
+            let mut state = state_text(&s, a, now);
+            if crate::journal::is_pending(&cfg.dir, &a.id) {
+                state += ", new tokens pending in its journal";
+            }
             [
                 a.id.clone(),
                 a.label(),
-                state_text(&s, a, now),
+                state,
                 expiry,
                 a.total_requests.to_string(),
                 used,

@@ -90,7 +90,11 @@ fn login(cfg: &Config, args: &Login) -> Result<()> {
         .or_else(|| args.email.clone())
         .unwrap_or_default();
     let now = crate::now_ms();
-    let mut new = Account::new(tok.access_token.clone(), refresh, tok.expiry_date(now), now);
+    // poll_device answers Done only with an access token.
+    let access = tok.access_token.clone().ok_or_else(|| {
+        Error::Login("the server approved the login but sent no access token; try again".into())
+    })?;
+    let mut new = Account::new(access, refresh, tok.expiry_date(now), now);
     new.token_type = tok.token_type.clone();
     new.resource_url = tok.resource_url.clone();
     new.email = email;

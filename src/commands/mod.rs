@@ -45,13 +45,24 @@ pub fn run(cli: Cli) -> Result<()> {
 /// Lock the store, re-read it, let `f` change it, write it back if it changed. Every store
 /// update goes through here, so no update is lost and nothing is written without the lock.
 pub fn transact<T>(cfg: &Config, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+    let (out, saved) = transact_lenient(cfg, f)?;
+    saved.map(|()| out)
+}
+
+/// As `transact`, but a failed write (disk full, read-only directory) comes back beside `f`'s
+/// result instead of replacing it, for bookkeeping a caller can go on without.
+pub fn transact_lenient<T>(
+    cfg: &Config,
+    f: impl FnOnce(&mut Store) -> Result<T>,
+) -> Result<(T, Result<()>)> {
     let path = cfg.store_path();
     let _held = crate::lock::store(&cfg.dir, cfg.lock_timeout())?;
     let before = store::load(&path)?;
     let mut after = before.clone();
     let out = f(&mut after)?;
-    if after != before {
-        store::save(&path, &after)?;
-    }
-    Ok(out)
+    let saved = match after != before {
+        true => store::save(&path, &after),
+        false => Ok(()),
+    };
+    Ok((out, saved))
 }

@@ -57,10 +57,10 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
         }
         let needed = |cur: &Account| args.force || rotation::is_due(cur, crate::now_ms(), &policy);
         match refresh_account(cfg, &a.id, &a.access_token, &needed, cfg.lock_timeout())? {
-            Refreshed::Fresh { expiry_date } => {
-                warn(&format!("{name}: valid until {}", rfc3339(expiry_date)))
-            }
+            Refreshed::Fresh(a) => warn(&format!("{name}: valid until {}", rfc3339(a.expiry_date))),
             Refreshed::Revoked => revoked += 1,
+            // Not a failure: the user removed it while we were at it.
+            Refreshed::Gone => warn(&format!("{name}: removed meanwhile; skipped")),
             Refreshed::Busy(why) => {
                 warn(&format!("{name}: not refreshed: {why}"));
                 failed += 1;

@@ -1,7 +1,7 @@
 //! `qwen-cred token`: pick an account (rotation.md), refresh it if needed, record the use and
 //! print its token. Also the wait-for-reset rule that `report-429` shares.
 
-use super::transact;
+use super::{transact, transact_lenient};
 use crate::cli::{Format, Token};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -32,7 +32,18 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
     let mut imported = false;
     loop {
         let now = crate::now_ms();
-        let step = transact(cfg, |s| decide(cfg, s, args, &policy, now, &skip, imported))?;
+        let (step, saved) =
+            transact_lenient(cfg, |s| decide(cfg, s, args, &policy, now, &skip, imported))?;
+        if let Err(e) = saved {
+            // Only serving writes (the use, the rotation): a token is worth more than a count.
+            let Step::Serve(a, _) = &step else {
+                return Err(e);
+            };
+            crate::msg::warn(&format!(
+                "account {}: serving without recording the use ({e})",
+                a.id
+            ));
+        }
         match step {
             Step::Serve(a, spawn) => return serve(cfg, args, &a, spawn),
             Step::Import => {
@@ -71,12 +82,18 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                     Need::Expired => cfg.lock_timeout(),
                 };
                 let (why, busy) = match refresh_account(cfg, &id, &seen, &still, wait)? {
-                    Refreshed::Fresh { .. } => return serve_after_refresh(cfg, args, &id),
-                    Refreshed::Revoked if args.account.is_some() => {
+                    Refreshed::Fresh(a) => {
+                        if serve_after_refresh(cfg, args, &id, Some(&a))? {
+                            return Ok(());
+                        }
+                        skip.push(id);
+                        continue;
+                    }
+                    Refreshed::Revoked | Refreshed::Gone if args.account.is_some() => {
                         return Err(no_account(&[id]));
                     }
-                    // Marked revoked (or replaced meanwhile): never tried again in this call.
-                    Refreshed::Revoked => {
+                    // Marked revoked, or removed meanwhile: never tried again in this call.
+                    Refreshed::Revoked | Refreshed::Gone => {
                         skip.push(id);
                         continue;
                     }
@@ -91,7 +108,11 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                             "account {id}: proactive refresh failed ({why}); its token is still valid, will try again later"
                         ));
                     }
-                    return serve_after_refresh(cfg, args, &id);
+                    if serve_after_refresh(cfg, args, &id, None)? {
+                        return Ok(());
+                    }
+                    skip.push(id);
+                    continue;
                 }
                 // A lock not acquired in time is a local matter (exit 6); a server that
                 // failed is exit 5.
@@ -207,21 +228,44 @@ fn background_refresh_due(
     due
 }
 
-/// After a refresh (ours or adopted), record the use of that account and serve it.
-fn serve_after_refresh(cfg: &Config, args: &Token, id: &str) -> Result<()> {
+/// After a refresh (`fresh`: ours or adopted; `None`: none happened and the stored token is
+/// still valid), record the use of account `id` and serve it. `false` when the account was
+/// removed or revoked meanwhile: the caller moves on.
+fn serve_after_refresh(
+    cfg: &Config,
+    args: &Token,
+    id: &str,
+    fresh: Option<&Account>,
+) -> Result<bool> {
     let now = crate::now_ms();
-    let a = transact(cfg, |s| {
-        let i = s.find_id(id)?;
+    let recorded = transact(cfg, |s| {
+        let Some(i) = s.accounts.iter().position(|a| a.id == id) else {
+            return Ok(None);
+        };
         if s.accounts[i].status == Status::Revoked {
-            return Err(no_account(&[id.to_string()]));
+            return Ok(None);
         }
-        Ok(if args.account.is_some() {
+        Ok(Some(if args.account.is_some() {
             record_pinned(s, i, now)
         } else {
             rotation::record_use(s, i, now);
             s.accounts[i].clone()
-        })
-    })?;
+        }))
+    });
+    // The refresh's own tokens are served: should the store have refused them, they are in
+    // the journal only, and the stored ones are spent.
+    let a = match (recorded, fresh) {
+        (Ok(Some(_)), Some(f)) => f.clone(),
+        (Ok(Some(stored)), None) => stored,
+        (Ok(None), _) => return Ok(false),
+        (Err(e), Some(f)) => {
+            crate::msg::warn(&format!(
+                "account {id}: serving its new token without recording the use ({e})"
+            ));
+            f.clone()
+        }
+        (Err(e), None) => return Err(e),
+    };
     let left = (a.expiry_date - now) / 1000;
     if args.min_valid > 0 && left < args.min_valid as i64 {
         crate::msg::warn(&format!(
@@ -229,7 +273,8 @@ fn serve_after_refresh(cfg: &Config, args: &Token, id: &str) -> Result<()> {
             args.min_valid
         ));
     }
-    serve(cfg, args, &a, false)
+    serve(cfg, args, &a, false)?;
+    Ok(true)
 }
 
 fn serve(cfg: &Config, args: &Token, a: &Account, spawn: bool) -> Result<()> {

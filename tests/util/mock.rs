@@ -194,6 +194,8 @@ pub struct State {
     refresh_resource_url: Option<String>,
     refresh_expires_in: u64,
     refresh_delay: Duration,
+    refresh_tweak: Vec<(String, Option<Value>)>,
+    echo_dead_refresh: bool,
     quota: Option<u32>,
     approvals: VecDeque<Approval>,
     sessions: HashMap<String, Session>,
@@ -250,6 +252,8 @@ impl State {
             refresh_resource_url: None,
             refresh_expires_in: 3600,
             refresh_delay: Duration::ZERO,
+            refresh_tweak: Vec::new(),
+            echo_dead_refresh: false,
             quota: None,
             approvals: VecDeque::new(),
             sessions: HashMap::new(),
@@ -456,6 +460,18 @@ impl Mock {
     /// Keeps every refresh in flight this long, to widen race windows.
     pub fn set_refresh_delay(&self, delay: Duration) {
         self.update(|s| s.refresh_delay = delay);
+    }
+
+    /// Changes each successful refresh answer: a field set to a value, or removed (`None`).
+    /// The answer is still real: its new tokens are live.
+    pub fn set_refresh_tweak(&self, tweak: &[(&str, Option<Value>)]) {
+        let tweak = tweak.iter().map(|(k, v)| (k.to_string(), v.clone()));
+        self.update(|s| s.refresh_tweak = tweak.collect());
+    }
+
+    /// A dead refresh token's error_description quotes the token, as a careless server might.
+    pub fn set_echo_dead_refresh(&self, on: bool) {
+        self.update(|s| s.echo_dead_refresh = on);
     }
 
     /// Blocks refreshes with this token (after `refresh_started` counts them) until released.
@@ -1144,9 +1160,13 @@ fn refresh_locked(st: &mut State, req: &Request, token: &str) -> Response {
         Some(e) if e.live && req.field("client_id") == Some(st.client_id.as_str()) => e.account,
         _ => {
             st.bad_refreshes += 1;
+            let description = match st.echo_dead_refresh {
+                true => format!("{DEAD_REFRESH}: {token}"),
+                false => DEAD_REFRESH.to_string(),
+            };
             return Response::json(
                 400,
-                &json!({"error": "invalid_request", "error_description": DEAD_REFRESH}),
+                &json!({"error": "invalid_request", "error_description": description}),
             );
         }
     };
@@ -1167,6 +1187,13 @@ fn refresh_locked(st: &mut State, req: &Request, token: &str) -> Response {
     }
     if let Some(url) = &st.refresh_resource_url {
         body["resource_url"] = json!(url);
+    }
+    for (k, v) in &st.refresh_tweak {
+        match (v, body.as_object_mut()) {
+            (Some(v), _) => body[k.as_str()] = v.clone(),
+            (None, Some(m)) => drop(m.remove(k)),
+            (None, None) => {}
+        }
     }
     Response::json(200, &body)
 }
