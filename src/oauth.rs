@@ -1,13 +1,14 @@
 //! The HTTP client of the Qwen OAuth protocol (qwen-oauth.md): the device grant with PKCE for
 //! login, one refresh attempt, and the small pure helpers around tokens (PKCE, JWT email,
-//! fingerprint, API base URL and headers). It knows nothing of the store, config files or the
+//! API base URL and headers). It knows nothing of the store, config files or the
 //! environment: callers pass `Settings` in and decide what to do with each outcome.
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::secret::Secret;
@@ -552,35 +553,35 @@ fn loopback_http(url: &str) -> bool {
 pub fn pkce_pair() -> Result<(Secret, String)> {
     let mut bytes = [0u8; 32];
     // RFC 7636 §7.1: the verifier must come from a cryptographically random source.
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| Error::Internal(format!("cannot read /dev/urandom for PKCE: {e}")))?;
-    let verifier = b64url_encode(&bytes);
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| Error::Internal(format!("no random bytes for PKCE: {e}")))?;
+    let verifier = URL_SAFE_NO_PAD.encode(bytes);
     let challenge = challenge_for(&verifier);
     Ok((Secret::new(verifier), challenge))
 }
 
 /// RFC 7636 §4.2 S256: base64url-nopad(SHA-256(ASCII(verifier))).
 pub fn challenge_for(verifier: &str) -> String {
-    b64url_encode(&Sha256::digest(verifier.as_bytes()))
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.as_bytes(),
+    ))
 }
 
 /// The `email` claim of an ID token, as a label only: no signature check.
 pub fn email_from_id_token(id_token: &Secret) -> Option<String> {
     let payload = id_token.expose().split('.').nth(1)?;
-    let bytes = b64url_decode(payload)?;
+    // JWT producers are not all strict: padding or not, and the standard alphabet too.
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let bytes = LENIENT
+        .decode(payload.replace('+', "-").replace('/', "_"))
+        .ok()?;
     let json: Value = serde_json::from_slice(&bytes).ok()?;
     let email = json.get("email")?.as_str()?.trim();
     (!email.is_empty() && !has_control(email)).then(|| email.to_string())
-}
-
-/// A short, stable name for an account without an email; 8 hex chars reveal nothing useful.
-pub fn fingerprint(refresh_token: &Secret) -> String {
-    Sha256::digest(refresh_token.expose().as_bytes())
-        .iter()
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The OpenAI-compatible base URL from a token's `resource_url` (qwen-oauth.md "The API").
@@ -615,56 +616,10 @@ pub fn api_headers(version: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/// Base64url without padding (RFC 4648 §5), as PKCE wants it (RFC 7636 Appendix A).
-fn b64url_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(char::from(B64URL[(n >> (18 - 6 * i)) as usize & 63]));
-        }
-    }
-    out
-}
-
-/// Decodes base64url with or without padding; the standard alphabet's `+` and `/` are taken
-/// too, since JWT producers are not all strict.
-fn b64url_decode(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    if text.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
 
@@ -705,23 +660,8 @@ mod tests {
         assert_eq!(api_base_url(Some(" "), "d.ai"), "https://d.ai/v1");
     }
 
-    #[test]
-    fn base64url_round_trip() {
-        for len in 0..40 {
-            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 251) as u8).collect();
-            let text = b64url_encode(&data);
-            assert!(!text.contains(['=', '+', '/']));
-            assert_eq!(b64url_decode(&text), Some(data));
-        }
-        assert_eq!(b64url_encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(b64url_encode(b"fo"), "Zm8");
-        assert_eq!(b64url_decode("Zm8="), Some(b"fo".to_vec()));
-        assert_eq!(b64url_decode("Z"), None);
-        assert_eq!(b64url_decode("Zm!="), None);
-    }
-
     fn jwt(payload: &str, pad: bool) -> Secret {
-        let mut body = b64url_encode(payload.as_bytes());
+        let mut body = URL_SAFE_NO_PAD.encode(payload.as_bytes());
         while pad && !body.len().is_multiple_of(4) {
             body.push('=');
         }
@@ -772,15 +712,6 @@ mod tests {
         assert!(check_url("http://example.com")
             .unwrap_err()
             .contains("loopback"));
-    }
-
-    #[test]
-    fn fingerprint_is_short_and_stable() {
-        let t = Secret::new("refresh-1");
-        assert_eq!(fingerprint(&t).len(), 8);
-        assert!(fingerprint(&t).bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(fingerprint(&t), fingerprint(&Secret::new("refresh-1")));
-        assert_ne!(fingerprint(&t), fingerprint(&Secret::new("refresh-2")));
     }
 
     #[test]

@@ -17,11 +17,18 @@ impl Secret {
 
     /// SHA-256 of the value, in hex: names a token in a file without holding it.
     pub fn sha256_hex(&self) -> String {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(self.0.as_bytes())
+        ring::digest::digest(&ring::digest::SHA256, self.0.as_bytes())
+            .as_ref()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+
+    /// A short, stable name for the value: 8 hex digits of its SHA-256 reveal nothing useful.
+    pub fn fingerprint(&self) -> String {
+        let mut hex = self.sha256_hex();
+        hex.truncate(8);
+        hex
     }
 }
 
@@ -51,6 +58,19 @@ mod tests {
         assert_eq!(format!("{s:?}"), "REDACTED");
         assert_eq!(format!("{:?}", Some(&s)), "Some(REDACTED)");
         assert_eq!(s.expose(), "tok-123");
+    }
+
+    #[test]
+    fn sha256_and_fingerprint() {
+        // FIPS 180-2 test vector.
+        assert_eq!(
+            Secret::new("abc").sha256_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let t = Secret::new("refresh-1");
+        assert_eq!(t.fingerprint().len(), 8);
+        assert_eq!(t.fingerprint(), Secret::new("refresh-1").fingerprint());
+        assert_ne!(t.fingerprint(), Secret::new("refresh-2").fingerprint());
     }
 
     #[test]

@@ -419,7 +419,7 @@ impl Account {
     /// The email, else a fingerprint of the refresh token (never the token).
     pub fn label(&self) -> String {
         if self.email.is_empty() {
-            format!("fp {}", crate::oauth::fingerprint(&self.refresh_token))
+            format!("fp {}", self.refresh_token.fingerprint())
         } else {
             self.email.clone()
         }

@@ -110,7 +110,7 @@ fn account_json(s: &Store, a: &Account, now: i64) -> Value {
     json!({
         "id": a.id,
         "email": a.email,
-        "fingerprint": crate::oauth::fingerprint(&a.refresh_token),
+        "fingerprint": a.refresh_token.fingerprint(),
         "state": state,
         "current": s.current_account_id.as_deref() == Some(&a.id),
         "status_reason": a.status_reason,

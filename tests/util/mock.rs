@@ -15,7 +15,6 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// The official client id, which the mock expects unless told otherwise.
 pub const CLIENT_ID: &str = "f0304373b74a44d2b584a3fb70ca9e56";
@@ -279,8 +278,12 @@ impl State {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let digest = Sha256::digest(format!("{}:{}:{}", self.seq, nanos, std::process::id()));
-        digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+        let seed = format!("{}:{}:{}", self.seq, nanos, std::process::id());
+        let digest = ring::digest::digest(&ring::digest::SHA256, seed.as_bytes());
+        digest.as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     fn new_access(&mut self, account: u64, expires_in: u64) -> String {
@@ -862,7 +865,7 @@ pub fn b64url(data: &[u8]) -> String {
 
 /// RFC 7636 §4.2: S256 challenge of a verifier.
 pub fn pkce_challenge(verifier: &str) -> String {
-    b64url(&Sha256::digest(verifier.as_bytes()))
+    b64url(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref())
 }
 
 fn reason(status: u16) -> &'static str {
