@@ -331,18 +331,10 @@ fn install_writes_the_plugin_and_merges_the_provider_idempotently() {
     assert_eq!(std::fs::read_to_string(&jsonc).expect("read"), commented);
 }
 
-/// The issue's end-to-end run: real OpenCode, account 1 out of quota, account 2 answers.
-#[test]
-fn opencode_run_rotates_to_the_second_account_on_quota() {
-    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
-        return;
-    };
-    let mock = Mock::start();
-    let mut oc = Oc::new(&mock);
-    let (a1, a2, store) = two_accounts(&mock);
-    mock.api_script_for(a1, ApiReply::QuotaExceeded);
-    oc.write_store(&store);
-
+/// OpenCode's side of `opencode run` against the mock: an opencode.json with the provider
+/// that `opencode install --write-config` adds (API at the mock), the plugin, the marker in
+/// OpenCode's auth.json, and @opencode-ai/plugin linked in.
+fn set_up_opencode(oc: &mut Oc, mock: &Mock) {
     std::fs::write(
         oc.dir.join("opencode.json"),
         r#"{"$schema": "https://opencode.ai/config.json", "autoupdate": false}"#,
@@ -363,12 +355,31 @@ fn opencode_run_rotates_to_the_second_account_on_quota() {
         AUTH_MARKER.as_bytes(),
     );
     link_plugin_package(&oc.dir);
+}
 
-    let bin = oc.logging_bin();
-    let before = now_ms();
-    let mut cmd = oc.command(&opencode, &bin);
+/// `opencode run -m qwen/coder-model "say hi"`, qwen-cred run through the argv-logging
+/// wrapper; (exit code, stdout, stderr).
+fn opencode_run(oc: &Oc, opencode: &Path) -> (Option<i32>, String, String) {
+    let mut cmd = oc.command(opencode, &oc.logging_bin());
     cmd.args(["run", "-m", "qwen/coder-model", "say hi"]);
-    let (code, out, err) = oc.run(cmd, "opencode");
+    oc.run(cmd, "opencode")
+}
+
+/// The issue's end-to-end run: real OpenCode, account 1 out of quota, account 2 answers.
+#[test]
+fn opencode_run_rotates_to_the_second_account_on_quota() {
+    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
+        return;
+    };
+    let mock = Mock::start();
+    let mut oc = Oc::new(&mock);
+    let (a1, a2, store) = two_accounts(&mock);
+    mock.api_script_for(a1, ApiReply::QuotaExceeded);
+    oc.write_store(&store);
+    set_up_opencode(&mut oc, &mock);
+
+    let before = now_ms();
+    let (code, out, err) = opencode_run(&oc, &opencode);
     let after = now_ms();
     assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
     assert!(
