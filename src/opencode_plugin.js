@@ -16,7 +16,8 @@ const PROVIDER = "qwen"
 const MARKER = "qwen-cred"
 // 2100-01-01: the marker never expires; qwen-cred refreshes the real tokens.
 const MARKER_EXPIRES = 4102444800000
-// At most 10 accounts: one attempt each, plus one for a retry on the same account.
+// Requests sent for one fetch at most: 10 accounts, one attempt each, plus one retry (after a
+// 429 with a short Retry-After, or after a 401 and a forced refresh).
 const MAX_ATTEMPTS = 11
 // token and report-429 may wait for a cooldown (max_rate_limit_wait_seconds, default 300 s).
 const CHILD_TIMEOUT_MS = Number(process.env.QWEN_CRED_PLUGIN_TIMEOUT_MS) || 15 * 60 * 1000
@@ -147,8 +148,10 @@ function failure(what, r) {
   }
 }
 
-async function token(signal) {
-  const r = await run(["token", "--format", "json"], { signal })
+// `token --format json`, rotation's pick, or account `id` when given.
+async function token(signal, id) {
+  const args = id == null ? ["token", "--format", "json"] : ["token", "--account", id, "--format", "json"]
+  const r = await run(args, { signal })
   if (r.code !== 0) throw failure("token", r)
   let t
   try {
@@ -189,6 +192,31 @@ function rebase(url, configured, accountBase) {
   return rest === "" || rest.startsWith("/") || rest.startsWith("?") ? to + rest : url
 }
 
+// A body that fetch can send more than once as it is. Everything else (a ReadableStream, a
+// Node stream, an async generator) can be read only once, so it is read into memory first.
+function resendable(body) {
+  return (
+    body == null ||
+    typeof body === "string" ||
+    body instanceof ArrayBuffer ||
+    ArrayBuffer.isView(body) ||
+    (typeof Blob !== "undefined" && body instanceof Blob) ||
+    (typeof FormData !== "undefined" && body instanceof FormData) ||
+    (typeof URLSearchParams !== "undefined" && body instanceof URLSearchParams)
+  )
+}
+
+async function readOnce(body) {
+  if (typeof body.getReader === "function") return new Response(body).arrayBuffer()
+  if (typeof body[Symbol.asyncIterator] === "function") {
+    const parts = []
+    for await (const part of body) parts.push(part)
+    return new Blob(parts).arrayBuffer()
+  }
+  // Not a body type fetch knows: fetch sends it as its string form every time.
+  return body
+}
+
 // Splits fetch(input, init) into parts that can be sent again: the body is read once.
 async function replayable(input, init) {
   init = init || {}
@@ -207,20 +235,70 @@ async function replayable(input, init) {
     url = String(input)
     headers = new Headers(init.headers || {})
   }
-  if (body && typeof body === "object" && typeof body.getReader === "function") {
-    body = await new Response(body).arrayBuffer()
-  }
+  if (!resendable(body)) body = await readOnce(body)
   const rest = { ...init }
   for (const k of ["method", "headers", "body", "signal", "duplex"]) delete rest[k]
   return { url, method: method || "GET", headers, body, signal, rest }
 }
 
+// The accounts `qwen-cred list --json` says could serve now (no token in that output).
+async function servingIds(signal) {
+  const r = await run(["list", "--json"], { signal })
+  if (r.code !== 0) return []
+  let list
+  try {
+    list = JSON.parse(r.stdout)
+  } catch {
+    return []
+  }
+  if (!Array.isArray(list)) return []
+  return list.filter((a) => a && (a.state === "ok" || a.state === "current")).map((a) => String(a.id))
+}
+
+// A token from rotation (`token`), or, when rotation picks an account this request has found
+// unusable (its 401 could not be cured), from the next account that can serve, by id.
+// null when there is none.
+async function tokenAvoiding(avoid, signal) {
+  const t = await token(signal)
+  const picked = String(t.account_id)
+  if (!avoid.has(picked)) return t
+  const ids = await servingIds(signal)
+  const at = ids.indexOf(picked)
+  const order = at < 0 ? ids : [...ids.slice(at + 1), ...ids.slice(0, at)]
+  for (const id of order) {
+    if (avoid.has(id)) continue
+    try {
+      return await token(signal, id)
+    } catch (e) {
+      if (!(e instanceof QwenCredError)) throw e
+      // Revoked or not refreshable meanwhile: the next one.
+      avoid.add(id)
+    }
+  }
+  return null
+}
+
+// What to tell OpenCode when the accounts this request gave up on were all there was: the
+// failed refresh as an error, or the API's own 401 answer.
+function givenUp(why) {
+  if (why.refresh) throw failure("refresh", why.refresh)
+  const r = why.unauthorized
+  return new Response(r.text, { status: r.status, statusText: r.statusText, headers: r.headers })
+}
+
 function makeFetch(configuredBase) {
   return async function qwenCredFetch(input, init) {
     const req = await replayable(input, init)
-    let refreshed = false
+    // The accounts that had their forced refresh in this request; those passed over for this
+    // request (the refresh failed, or even a fresh token got a 401) and why the latest was;
+    // and why the last attempt failed.
+    const refreshed = new Set()
+    const avoid = new Set()
+    let giveUp = null
+    let last = null
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const t = await token(req.signal)
+      const t = await tokenAvoiding(avoid, req.signal)
+      if (!t) return givenUp(giveUp)
       const headers = new Headers(req.headers)
       headers.delete("authorization")
       for (const [k, v] of Object.entries(t.headers)) headers.set(k, String(v))
@@ -232,11 +310,23 @@ function makeFetch(configuredBase) {
         signal: req.signal,
       })
       const id = String(t.account_id)
-      if (res.status === 401 && !refreshed) {
-        refreshed = true
-        await res.body?.cancel().catch(() => {})
+      if (res.status === 401) {
+        const text = await res.text()
+        last = { unauthorized: { text, status: res.status, statusText: res.statusText, headers: res.headers } }
+        if (refreshed.has(id)) {
+          // Even a fresh token was refused: this account cannot serve this request.
+          avoid.add(id)
+          giveUp = last
+          continue
+        }
+        refreshed.add(id)
         const r = await run(["refresh", "--account", id, "--force"], { signal: req.signal })
-        if (r.code !== 0) throw failure("refresh", r)
+        // 0: a fresh token; ask again. 3: the refresh token is dead and the account now
+        // revoked, so rotation skips it. Else (server down or busy): the next account.
+        if (r.code !== 0 && r.code !== 3) {
+          avoid.add(id)
+          giveUp = last = { refresh: r }
+        }
         continue
       }
       if (res.status !== 429 && res.status !== 403) return res
@@ -244,12 +334,14 @@ function makeFetch(configuredBase) {
       if (!isQuota(res.status, text)) {
         return new Response(text, { status: res.status, statusText: res.statusText, headers: res.headers })
       }
+      last = { quota: true }
       const r = await run(
         ["report-429", "--account", id, ...retryAfterArg(res.headers.get("retry-after")), "--body", "-"],
         { input: text, signal: req.signal },
       )
       if (r.code !== 0) throw failure("report-429", r)
     }
+    if (last && !last.quota) return givenUp(last)
     throw new QwenCredError(
       `Qwen: every attempt (${MAX_ATTEMPTS}) was refused for quota; run "qwen-cred list" to see the accounts' state.`,
     )

@@ -4,7 +4,7 @@
 //! with node. Without those programs a test says it was skipped, except under `CI`, where it
 //! fails. Everything runs against the mock on 127.0.0.1 in a temp HOME and XDG tree.
 
-use crate::util::mock::{ApiReply, Approval, Mock, Outcome};
+use crate::util::mock::{ApiReply, Approval, Fault, Mock, Outcome};
 use crate::util::{self, now_ms, program, text, Env, BIN};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -331,18 +331,10 @@ fn install_writes_the_plugin_and_merges_the_provider_idempotently() {
     assert_eq!(std::fs::read_to_string(&jsonc).expect("read"), commented);
 }
 
-/// The issue's end-to-end run: real OpenCode, account 1 out of quota, account 2 answers.
-#[test]
-fn opencode_run_rotates_to_the_second_account_on_quota() {
-    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
-        return;
-    };
-    let mock = Mock::start();
-    let mut oc = Oc::new(&mock);
-    let (a1, a2, store) = two_accounts(&mock);
-    mock.api_script_for(a1, ApiReply::QuotaExceeded);
-    oc.write_store(&store);
-
+/// OpenCode's side of `opencode run` against the mock: an opencode.json with the provider
+/// that `opencode install --write-config` adds (API at the mock), the plugin, the marker in
+/// OpenCode's auth.json, and @opencode-ai/plugin linked in.
+fn set_up_opencode(oc: &mut Oc, mock: &Mock) {
     std::fs::write(
         oc.dir.join("opencode.json"),
         r#"{"$schema": "https://opencode.ai/config.json", "autoupdate": false}"#,
@@ -363,12 +355,31 @@ fn opencode_run_rotates_to_the_second_account_on_quota() {
         AUTH_MARKER.as_bytes(),
     );
     link_plugin_package(&oc.dir);
+}
 
-    let bin = oc.logging_bin();
-    let before = now_ms();
-    let mut cmd = oc.command(&opencode, &bin);
+/// `opencode run -m qwen/coder-model "say hi"`, qwen-cred run through the argv-logging
+/// wrapper; (exit code, stdout, stderr).
+fn opencode_run(oc: &Oc, opencode: &Path) -> (Option<i32>, String, String) {
+    let mut cmd = oc.command(opencode, &oc.logging_bin());
     cmd.args(["run", "-m", "qwen/coder-model", "say hi"]);
-    let (code, out, err) = oc.run(cmd, "opencode");
+    oc.run(cmd, "opencode")
+}
+
+/// The issue's end-to-end run: real OpenCode, account 1 out of quota, account 2 answers.
+#[test]
+fn opencode_run_rotates_to_the_second_account_on_quota() {
+    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
+        return;
+    };
+    let mock = Mock::start();
+    let mut oc = Oc::new(&mock);
+    let (a1, a2, store) = two_accounts(&mock);
+    mock.api_script_for(a1, ApiReply::QuotaExceeded);
+    oc.write_store(&store);
+    set_up_opencode(&mut oc, &mock);
+
+    let before = now_ms();
+    let (code, out, err) = opencode_run(&oc, &opencode);
     let after = now_ms();
     assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
     assert!(
@@ -404,6 +415,71 @@ fn opencode_run_rotates_to_the_second_account_on_quota() {
     assert!(log.contains("report-429 --account 1 --body -"), "{log}");
 }
 
+/// Issue 9 item 6, end to end: the API refuses account 1's token (401) and the forced refresh
+/// finds its refresh token revoked. OpenCode's request still succeeds, served by account 2,
+/// and the store shows account 1 revoked.
+#[test]
+fn opencode_run_moves_on_when_an_account_is_revoked_mid_request() {
+    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
+        return;
+    };
+    let mock = Mock::start();
+    let mut oc = Oc::new(&mock);
+    let (_, a2, store) = two_accounts(&mock);
+    // The store still thinks at-1 is valid for two hours; the server no longer does.
+    mock.expire_access("at-1");
+    mock.revoke_refresh("rt-1");
+    oc.write_store(&store);
+    set_up_opencode(&mut oc, &mock);
+
+    let (code, out, err) = opencode_run(&oc, &opencode);
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("hello from account 2"),
+        "stdout: {out}\nstderr: {err}"
+    );
+    assert!(!out.contains("no usable account"), "{out}");
+
+    // Each request account 1 could not serve was sent again, the same, with account 2. (The
+    // first request of `opencode run` is the title's: one that failed would go unnoticed.)
+    let chats = chat_requests(&mock);
+    assert_api_headers(&chats[0], "at-1");
+    for (i, refused) in chats.iter().enumerate() {
+        if refused.header("authorization") != Some("Bearer at-1") {
+            continue;
+        }
+        let again = chats[i + 1..]
+            .iter()
+            .find(|r| r.body == refused.body)
+            .unwrap_or_else(|| panic!("request {i} was not sent again: {chats:?}"));
+        assert_api_headers(again, "at-2");
+    }
+    assert!(mock.state(|s| s.api_ok.get(&a2).copied().unwrap_or(0)) >= 1);
+    // Only account 1 needed a refresh, and the server refused it.
+    let refreshed: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_refresh())
+        .map(|r| r.field("refresh_token").unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        !refreshed.is_empty() && refreshed.iter().all(|t| t == "rt-1"),
+        "{refreshed:?}"
+    );
+
+    let s = oc.read_store();
+    assert_eq!(s["accounts"][0]["id"], "1");
+    assert_eq!(s["accounts"][0]["status"], "revoked", "{s}");
+    assert_ne!(s["accounts"][1]["status"], "revoked", "{s}");
+    assert_eq!(s["current_account_id"], "2");
+    assert_no_token_in_argv(&oc, &["at-1", "at-2", "rt-1", "rt-2"]);
+    assert!(
+        oc.argv_log().contains("refresh --account 1 --force"),
+        "{}",
+        oc.argv_log()
+    );
+}
+
 /// Imports the installed plugin with node and runs one step the way OpenCode does; prints one
 /// JSON line per result.
 const DRIVER: &str = r#"
@@ -425,10 +501,32 @@ try {
   } else if (plan.step === "fetch") {
     const opts = await auth.loader(async () => JSON.parse(plan.auth), { options: { baseURL: plan.base } })
     say({ apiKey: opts.apiKey })
+    const text = JSON.stringify({ model: "coder-model", messages: [{ role: "user", content: "hi" }] })
+    // A body that can be read only once, in halves, when the plan asks for one.
+    const half = text.length >> 1
+    const bytes = (s) => new TextEncoder().encode(s)
+    const bodies = {
+      string: () => text,
+      stream: () =>
+        new ReadableStream({
+          start(c) {
+            c.enqueue(bytes(text.slice(0, half)))
+            c.enqueue(bytes(text.slice(half)))
+            c.close()
+          },
+        }),
+      generator: () =>
+        (async function* () {
+          yield bytes(text.slice(0, half))
+          yield bytes(text.slice(half))
+        })(),
+    }
+    const body = bodies[plan.body || "string"]()
     const res = await opts.fetch(plan.base + "/chat/completions", {
       method: "POST",
       headers: { "content-type": "application/json", authorization: "Bearer " },
-      body: JSON.stringify({ model: "coder-model", messages: [{ role: "user", content: "hi" }] }),
+      body,
+      ...(typeof body === "string" ? {} : { duplex: "half" }),
     })
     say({ status: res.status, body: await res.text() })
   }
@@ -635,6 +733,184 @@ fn plugin_fetch_refreshes_on_401_and_explains_an_exhausted_pool() {
     let log = oc.argv_log();
     assert!(log.contains("refresh --account 1 --force"), "{log}");
     assert!(log.contains("report-429 --account 2 --body -"), "{log}");
+}
+
+/// The chat requests' bearer tokens, in order.
+fn bearers(mock: &Mock) -> Vec<String> {
+    chat_requests(mock)
+        .iter()
+        .map(|r| {
+            r.header("authorization")
+                .unwrap_or_default()
+                .trim_start_matches("Bearer ")
+                .to_string()
+        })
+        .collect()
+}
+
+/// Every chat request carried the whole body the caller gave once.
+fn assert_same_bodies(mock: &Mock) {
+    let bodies: Vec<String> = chat_requests(mock).into_iter().map(|r| r.body).collect();
+    let want = r#"{"model":"coder-model","messages":[{"role":"user","content":"hi"}]}"#;
+    assert!(bodies.iter().all(|b| b == want), "{bodies:?}");
+}
+
+/// A 401 whose forced refresh finds the account revoked sends the same request (a body that
+/// can be read only once) with the next account; a 401 on that account gets its own refresh.
+/// Only when every account is revoked does the request fail, saying to log in.
+#[test]
+fn plugin_fetch_moves_to_the_next_account_when_the_first_is_revoked() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    let (_, a2, store) = two_accounts(&mock);
+    oc.write_store(&store);
+    oc.env.expect(&["opencode", "install"], 0);
+    mock.expire_access("at-1");
+    mock.revoke_refresh("rt-1");
+    mock.api_script_for(a2, ApiReply::Unauthorized);
+    let plan = json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()),
+        "auth": AUTH_MARKER, "body": "stream"});
+
+    let r = node_step(&oc, &node, plan);
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert!(
+        r[1]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hello from account 2"),
+        "{r:?}"
+    );
+    let sent = bearers(&mock);
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent[..2], ["at-1", "at-2"]);
+    assert_ne!(sent[2], "at-2");
+    assert_eq!(mock.account_of(&sent[2]), Some(a2));
+    assert_same_bodies(&mock);
+
+    let s = oc.read_store();
+    assert_eq!(s["accounts"][0]["status"], "revoked", "{s}");
+    assert_ne!(s["accounts"][1]["status"], "revoked", "{s}");
+    assert_eq!(s["current_account_id"], "2");
+    let log = oc.argv_log();
+    assert!(log.contains("refresh --account 1 --force"), "{log}");
+    assert!(log.contains("refresh --account 2 --force"), "{log}");
+    assert_no_token_in_argv(&oc, &["at-1", "at-2", "rt-1", "rt-2", &sent[2]]);
+
+    // With every account revoked, `token` has nothing left: the error says to log in.
+    mock.expire_access(&sent[2]);
+    mock.revoke_refresh(&refresh_tokens(&s)[1]);
+    let plan = json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()),
+        "auth": AUTH_MARKER});
+    let r = node_step(&oc, &node, plan);
+    let msg = r[1]["error"].as_str().unwrap_or_default();
+    assert_eq!(r[1]["name"], "QwenCredError", "{r:?}");
+    assert!(
+        msg.contains("no usable account") && msg.contains("opencode auth login"),
+        "{msg}"
+    );
+    let s = oc.read_store();
+    for a in s["accounts"].as_array().expect("accounts") {
+        assert_eq!(a["status"], "revoked", "{a}");
+    }
+}
+
+/// A 401 whose forced refresh fails because the sign-in server is down: the request goes to
+/// another account that has a valid token; the first account is kept, not marked revoked,
+/// and is used again once the server is back. An account whose fresh token is refused too is
+/// passed over the same way.
+#[test]
+fn plugin_fetch_tries_the_next_account_while_the_sign_in_server_is_down() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let mut oc = Oc::new(&mock);
+    oc.env.set("QWEN_CRED_TOKEN_REFRESH_RETRY_DELAY_MS", "0");
+    let (a1, a2, store) = two_accounts(&mock);
+    oc.write_store(&store);
+    oc.env.expect(&["opencode", "install"], 0);
+    mock.expire_access("at-1");
+    mock.set_sticky_fault(Some(Fault::Status(503)));
+    let plan = json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()),
+        "auth": AUTH_MARKER, "body": "generator"});
+
+    let r = node_step(&oc, &node, plan.clone());
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert!(
+        r[1]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hello from account 2"),
+        "{r:?}"
+    );
+    assert_eq!(bearers(&mock), ["at-1", "at-2"]);
+    assert_same_bodies(&mock);
+    assert!(mock.count_refreshes() >= 1);
+    let s = oc.read_store();
+    let acct1 = &s["accounts"][0];
+    assert_ne!(acct1["status"], "revoked", "{acct1}");
+    assert_eq!(acct1["refresh_token"], "rt-1");
+    assert!(mock.is_live_refresh("rt-1"));
+    // Passed over for this request only: the next one tries account 1 first again.
+    assert_eq!(s["current_account_id"], "1");
+    let log = oc.argv_log();
+    assert!(log.contains("refresh --account 1 --force"), "{log}");
+    assert!(log.contains("token --account 2 --format json"), "{log}");
+
+    // No account left with a token the API takes: the error names the sign-in server.
+    mock.expire_access("at-2");
+    let r = node_step(&oc, &node, plan.clone());
+    let msg = r[1]["error"].as_str().unwrap_or_default();
+    assert_eq!(r[1]["name"], "QwenCredError", "{r:?}");
+    assert!(msg.contains("sign-in server"), "{msg}");
+    let s = oc.read_store();
+    for a in s["accounts"].as_array().expect("accounts") {
+        assert_ne!(a["status"], "revoked", "{a}");
+    }
+
+    // The server is back: account 1 is refreshed and serves again.
+    mock.set_sticky_fault(None);
+    let r = node_step(&oc, &node, plan.clone());
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert!(
+        r[1]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hello from account 1"),
+        "{r:?}"
+    );
+    let last = bearers(&mock).pop().unwrap_or_default();
+    assert_eq!(mock.account_of(&last), Some(a1));
+    assert_ne!(last, "at-1");
+
+    // An account whose fresh token is refused as well is passed over the same way; account
+    // 2's 401 (at-2 was expired above) gets its own forced refresh.
+    mock.api_script_for(a1, ApiReply::Unauthorized);
+    mock.api_script_for(a1, ApiReply::Unauthorized);
+    let before = bearers(&mock).len();
+    let r = node_step(&oc, &node, plan);
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert!(
+        r[1]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hello from account 2"),
+        "{r:?}"
+    );
+    let sent = bearers(&mock)[before..].to_vec();
+    let owners: Vec<_> = sent.iter().map(|t| mock.account_of(t)).collect();
+    assert_eq!(owners, [Some(a1), Some(a1), Some(a2), Some(a2)], "{sent:?}");
+    assert_eq!(sent[0], last);
+    assert_ne!(sent[1], last);
+    assert_eq!(sent[2], "at-2");
+    assert_ne!(sent[3], "at-2");
+    assert_same_bodies(&mock);
+    let mut secrets = vec!["at-1", "at-2", "rt-1", "rt-2"];
+    secrets.extend(sent.iter().map(String::as_str));
+    assert_no_token_in_argv(&oc, &secrets);
 }
 
 /// Unix ms as qwen-cred prints it: RFC 3339 UTC, whole seconds.
