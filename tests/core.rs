@@ -499,24 +499,42 @@ fn the_man_page_covers_every_command_and_flag() {
     }
     let env = Env::new();
     let (top, _) = env.expect(&["--help"], 0);
-    let commands: Vec<String> = top
-        .split("Commands:")
+    let commands = subcommands(&top);
+    assert!(commands.len() >= 5, "{top}");
+    // Each command, and each subcommand of one (`opencode install`), with all of its flags.
+    let mut todo: Vec<Vec<String>> = commands.into_iter().map(|c| vec![c]).collect();
+    let mut checked = 0;
+    while let Some(path) = todo.pop() {
+        let name = path.join(" ");
+        assert!(
+            man.contains(&format!("qwen-cred {name}"))
+                || man.contains(&format!(".B {}", path[path.len() - 1])),
+            "command {name}"
+        );
+        let mut args = vec!["help"];
+        args.extend(path.iter().map(String::as_str));
+        let (help, _) = env.expect(&args, 0);
+        for flag in help.split_whitespace().filter(|w| w.starts_with("--")) {
+            let flag = flag.trim_end_matches(',');
+            assert!(man.contains(flag), "{name} {flag} missing from man page");
+        }
+        for sub in subcommands(&help) {
+            let mut p = path.clone();
+            p.push(sub);
+            todo.push(p);
+        }
+        checked += 1;
+    }
+    assert!(checked > 10, "{checked} commands checked");
+}
+
+/// The command names listed under `Commands:` in an argh help text.
+fn subcommands(help: &str) -> Vec<String> {
+    help.split("Commands:")
         .nth(1)
         .unwrap_or("")
         .lines()
         .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
         .filter_map(|l| l.split_whitespace().next().map(String::from))
-        .collect();
-    assert!(commands.len() >= 5, "{top}");
-    for c in &commands {
-        assert!(
-            man.contains(&format!("qwen-cred {c}")) || man.contains(&format!(".B {c}")),
-            "command {c}"
-        );
-        let (help, _) = env.expect(&["help", c], 0);
-        for flag in help.split_whitespace().filter(|w| w.starts_with("--")) {
-            let flag = flag.trim_end_matches(',');
-            assert!(man.contains(flag), "{c} {flag} missing from man page");
-        }
-    }
+        .collect()
 }

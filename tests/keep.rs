@@ -145,7 +145,10 @@ impl Drop for Mounted {
 #[test]
 fn a_refresh_answered_while_the_disk_fills_up_is_kept() {
     if !is_root() {
-        eprintln!("SKIPPED: mounting a small tmpfs for the full-disk test needs root");
+        util::skipped(
+            "root",
+            "mounting a small tmpfs for the full-disk test needs root",
+        );
         return;
     }
     let mock = Mock::start();

@@ -1,8 +1,8 @@
 //! The OpenCode integration: `qwen-cred opencode install`, and the plugin it writes, driven
 //! the way OpenCode drives it. The end-to-end test runs the real `opencode` binary
 //! (`$QWEN_CRED_TEST_OPENCODE`, else `opencode` on PATH) headless; the others import the plugin
-//! with node. Without those programs a test says it was skipped, except under `CI`, where it
-//! fails. Everything runs against the mock on 127.0.0.1 in a temp HOME and XDG tree.
+//! with node. Without those programs a test fails naming the fix, unless the user named the
+//! program in `QWEN_CRED_TEST_SKIP` (util::program). Everything runs against the mock on 127.0.0.1 in a temp HOME and XDG tree.
 
 use crate::util::mock::{ApiReply, Approval, Fault, Mock, Outcome};
 use crate::util::{self, now_ms, program, text, Env, BIN};

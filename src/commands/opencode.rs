@@ -414,11 +414,4 @@ mod tests {
         assert!(matches!(merge_provider(url, &block()), Ok(Some(_))));
         assert!(!has_comments(r#"{"a": "\" // not a comment"}"#));
     }
-
-    #[test]
-    fn the_embedded_plugin_is_the_repo_file_and_registers_qwen() {
-        assert!(PLUGIN.contains("provider: PROVIDER"));
-        assert!(PLUGIN.contains("const PROVIDER = \"qwen\""));
-        assert!(PLUGIN.contains("export const QwenCredPlugin"));
-    }
 }
