@@ -447,3 +447,76 @@ fn a_due_token_does_not_wait_for_the_qwen_cli() {
     );
     assert_eq!(mock.count_refreshes(), 0);
 }
+
+/// Runs a prepared command, asserting its exit code; returns (stdout, stderr).
+fn expect_cmd(mut cmd: std::process::Command, code: i32) -> (String, String) {
+    let o = cmd.output().expect("run");
+    let (out, err) = (util::text(&o.stdout), util::text(&o.stderr));
+    assert_eq!(o.status.code(), Some(code), "stdout: {out}\nstderr: {err}");
+    (out, err)
+}
+
+fn account_of_store(env: &Env, id: &str) -> Value {
+    env.read_store()["accounts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["id"] == id).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// `$QWEN_HOME` is the Qwen CLI's own override of `~/.qwen`: with `QWEN_CRED_QWEN_DIR` unset,
+/// `token`'s first-run import and `import` read the file there (a leading `~` is the home
+/// directory); `QWEN_CRED_QWEN_DIR` still wins.
+#[test]
+fn qwen_home_is_honoured_when_qwen_cred_qwen_dir_is_unset() {
+    let env = Env::new();
+    let home_qwen = env.root.join("home/.qwen");
+    fs::create_dir_all(&home_qwen).expect("mkdir");
+    util::write_private(
+        &home_qwen.join("oauth_creds.json"),
+        br#"{"access_token":"at-home","refresh_token":"rt-home","expiry_date":9999999999999}"#,
+    );
+    let qhome = env.root.join("qhome");
+    fs::create_dir_all(&qhome).expect("mkdir");
+    util::write_private(
+        &qhome.join("oauth_creds.json"),
+        br#"{"access_token":"at-qh","refresh_token":"rt-qh","expiry_date":9999999999999}"#,
+    );
+    let cmd = |qwen_home: &str, args: &[&str]| {
+        let mut c = env.cmd(args);
+        c.env_remove("QWEN_CRED_QWEN_DIR")
+            .env("QWEN_HOME", qwen_home);
+        c
+    };
+
+    let (out, err) = expect_cmd(cmd(&qhome.to_string_lossy(), &["token"]), 0);
+    assert_eq!(out, "at-qh\n");
+    assert!(err.contains("qhome"), "{err}");
+    assert_eq!(
+        account_of_store(&env, "1")["linked_file"],
+        qhome.join("oauth_creds.json").to_string_lossy().as_ref()
+    );
+
+    let tilde = env.root.join("home/qh2");
+    fs::create_dir_all(&tilde).expect("mkdir");
+    util::write_private(
+        &tilde.join("oauth_creds.json"),
+        br#"{"access_token":"at-qh2","refresh_token":"rt-qh2","expiry_date":9999999999999}"#,
+    );
+    expect_cmd(cmd("~/qh2", &["import"]), 0);
+    assert_eq!(
+        account_of_store(&env, "2")["linked_file"],
+        tilde.join("oauth_creds.json").to_string_lossy().as_ref()
+    );
+
+    // QWEN_CRED_QWEN_DIR (set by Env) beats QWEN_HOME.
+    write_cli_file(&env, "at-ours", "rt-ours", 3600, json!({}));
+    let mut c = env.cmd(&["import"]);
+    c.env("QWEN_HOME", &qhome);
+    let (_, err) = expect_cmd(c, 0);
+    assert!(err.contains(&*env.qwen_dir().to_string_lossy()), "{err}");
+    let s = env.read_store();
+    assert_eq!(s["accounts"].as_array().map(Vec::len), Some(3));
+    assert!(!fs::read_to_string(env.store_path())
+        .unwrap_or_default()
+        .contains("rt-home"));
+}
