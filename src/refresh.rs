@@ -153,6 +153,15 @@ fn refresh_and_store(
             })
         }
         Err(RefreshError::Dead(reason)) => {
+            // files.md: a linked account re-reads the Qwen CLI's file once first; a different
+            // refresh token there is tried instead (the dead one is never sent again).
+            if let Some(a) = sync
+                .map(|s| s.adopt_other(cfg, id, &used))
+                .transpose()?
+                .flatten()
+            {
+                return refresh_and_store(cfg, id, &a, sync, deferred);
+            }
             let now = crate::now_ms();
             transact(cfg, |s| {
                 let i = s.find_id(id)?;
