@@ -215,7 +215,7 @@ pub struct Config {
     pub values: Vec<(&'static str, Value, Source)>,
     pub dir: PathBuf,
     pub config_path: PathBuf,
-    /// `QWEN_CRED_QWEN_DIR` or `~/.qwen`.
+    /// `QWEN_CRED_QWEN_DIR`, else `$QWEN_HOME` (the Qwen CLI's override), else `~/.qwen`.
     pub qwen_dir: PathBuf,
     /// OpenCode's credentials: `$XDG_DATA_HOME/opencode/auth.json`, else
     /// `~/.local/share/opencode/auth.json`.
@@ -248,9 +248,21 @@ impl Config {
                     .join(".config/opencode"),
             },
         };
-        let qwen_dir = match env("QWEN_CRED_QWEN_DIR") {
-            Some(d) => PathBuf::from(d),
-            None => home.clone().unwrap_or_default().join(".qwen"),
+        // The Qwen CLI's own rule when ours is unset: `$QWEN_HOME` is its `~/.qwen`, with a
+        // leading `~` for the home directory and a relative path taken from the current one.
+        let qwen_dir = match (env("QWEN_CRED_QWEN_DIR"), env("QWEN_HOME")) {
+            (Some(d), _) => PathBuf::from(d),
+            (None, Some(h)) => {
+                let h = match (h.strip_prefix('~'), &home) {
+                    (Some(""), Some(hd)) => hd.clone(),
+                    (Some(rest), Some(hd)) if rest.starts_with('/') => {
+                        hd.join(rest.trim_start_matches('/'))
+                    }
+                    _ => PathBuf::from(h),
+                };
+                std::path::absolute(&h).unwrap_or(h)
+            }
+            (None, None) => home.clone().unwrap_or_default().join(".qwen"),
         };
         let opencode_auth_file = match env("XDG_DATA_HOME") {
             Some(d) => PathBuf::from(d),

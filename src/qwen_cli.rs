@@ -3,10 +3,12 @@
 //! (`sync_qwen_cli`) under that CLI's own lock, so that neither side spends a refresh token
 //! the other already rotated.
 //!
-//! The Qwen CLI's protocol, which this module follows: its lock is `oauth_creds.lock` next to
-//! the file, created with O_EXCL and removed when done; one whose mtime is over 10 s old is
-//! stale and may be taken over (moved aside, then deleted); the file is replaced atomically
-//! through a `<file>.<hex>.tmp` temp file with mode 0600.
+//! The Qwen CLI's protocol (`@qwen-code/qwen-code` 0.24.4, sharedTokenManager.ts), which this
+//! module follows: its directory is `$QWEN_HOME`, else `~/.qwen` (config.rs); its lock is
+//! `oauth_creds.lock` next to the file, created with O_EXCL, never renewed, removed when done,
+//! and stale only once its mtime is over 35 s old (its refresh alone may take 30 s, and on a
+//! 400 it deletes the file); the file is replaced atomically through a `<file>.<hex>.tmp` temp
+//! file with mode 0600, by the path itself (a symlink there is replaced, not followed).
 
 use crate::commands::transact;
 use crate::config::Config;
@@ -45,12 +47,21 @@ impl Creds {
         a.refresh_failed_at = None;
     }
 
-    /// Whether these tokens should replace `a`'s: they differ (the Qwen CLI refreshed or
-    /// logged in) and expire no earlier. An equal expiry counts: both sides refresh under the
-    /// same lock, so a tie in milliseconds means the file's refresh came after ours.
-    fn newer_than(&self, a: &Account) -> bool {
-        (self.refresh_token != a.refresh_token || self.access_token != a.access_token)
-            && self.expiry_date >= a.expiry_date
+    /// Whether these tokens (the file's) should replace `a`'s. "Newer" means different, not
+    /// later-expiring (files.md): a refresh token other than ours, in a file that changed
+    /// since we last imported, adopted or agreed with it, means the Qwen CLI refreshed and
+    /// ours is spent, whatever the expiries say. An account linked by an older qwen-cred has
+    /// no such record; for it the old rule holds (adopt only tokens that expire no earlier),
+    /// and a dead-token answer still re-reads the file before giving up (`adopt_other`).
+    /// With the same refresh token, a fresher access token is taken as a plain gain.
+    fn should_replace(&self, a: &Account) -> bool {
+        if self.refresh_token == a.refresh_token {
+            return self.access_token != a.access_token && self.expiry_date > a.expiry_date;
+        }
+        match &a.linked_refresh_fp {
+            Some(seen) => *seen != self.refresh_token.sha256_hex(),
+            None => self.expiry_date >= a.expiry_date,
+        }
     }
 }
 
@@ -92,12 +103,57 @@ pub fn read(path: &Path) -> Result<Creds> {
     })
 }
 
-/// Another process holds a lock a refresh needs; says which.
+/// `path` made absolute the way the user gave it: not resolved through symlinks, so that a
+/// link the Qwen CLI later replaces with a regular file still names the same place.
+pub fn as_given(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Whether an account's `linked_file` names `file`: the same path as given, or the same file
+/// now (two spellings of one path, or a store from a version that kept a symlink's target).
+pub fn links_to(linked: &str, file: &Path) -> bool {
+    let linked = Path::new(linked);
+    as_given(linked) == as_given(file)
+        || matches!((fs::canonicalize(linked), fs::canonicalize(file)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// Whether the Qwen CLI holds its lock on the file `a` is kept in step with (a live lock,
+/// at most 35 s old): its refresh of the shared token may be in flight, so ours must not
+/// start.
+pub fn cli_is_refreshing(cfg: &Config, a: &Account) -> bool {
+    let file = cfg.qwen_cli_file();
+    cfg.bool("sync_qwen_cli")
+        && a.linked_file.as_deref().is_some_and(|l| links_to(l, &file))
+        && lock_age(&file.with_file_name(LOCK_FILE)).is_some_and(|age| age <= STALE)
+}
+
+/// What `remove` remembers when the removed accounts include the Qwen CLI's login (linked to
+/// its file, or holding the token that file holds): the fingerprint of the refresh token the
+/// file holds now (else of the removed account's), so that `token` does not import that login
+/// again on its own. `None` when no removed account came from there.
+pub fn removed_login(cfg: &Config, removed: &[Account]) -> Option<String> {
+    let file = cfg.qwen_cli_file();
+    let in_file = read(&file).ok().map(|c| c.refresh_token);
+    let gone = removed.iter().find(|a| {
+        a.linked_file.as_deref().is_some_and(|l| links_to(l, &file))
+            || in_file.as_ref() == Some(&a.refresh_token)
+    })?;
+    Some(in_file.as_ref().unwrap_or(&gone.refresh_token).sha256_hex())
+}
+
+/// Whether `file` holds the login `remove` took out of the pool (`removed_fp`).
+pub fn was_removed(file: &Path, removed_fp: Option<&str>) -> bool {
+    removed_fp.is_some_and(|fp| read(file).is_ok_and(|c| c.refresh_token.sha256_hex() == fp))
+}
+
+/// Another process holds a lock a refresh needs (or the Qwen CLI's directory cannot hold
+/// one); says which.
 pub struct Busy(pub String);
 
 /// One refresh's sync with the Qwen CLI's file, holding that CLI's lock until dropped, so
 /// the file cannot change between reading it and writing it back.
 pub struct FileSync {
+    /// The file by the path the user gave (`$QWEN_HOME` or `~/.qwen`), absolute.
     file: PathBuf,
     _lock: CliLock,
 }
@@ -105,17 +161,19 @@ pub struct FileSync {
 impl FileSync {
     /// Takes the Qwen CLI's lock when `a` is linked to its file, waiting up to `wait`.
     /// `Ok(None)`: nothing to keep in step (not linked, or the file is gone; the account itself
-    /// is fine either way). `Err(Busy)`: the Qwen CLI still holds its lock.
+    /// is fine either way). `Err(Busy)`: the Qwen CLI still holds its lock, or its directory
+    /// cannot hold ours (read-only, permissions): the shared token is never refreshed without
+    /// that lock, so the caller serves what it can without refreshing.
     pub fn begin(
         cfg: &Config,
         a: &Account,
         wait: Duration,
     ) -> Result<std::result::Result<Option<FileSync>, Busy>> {
-        let file = cfg.qwen_cli_file();
+        let file = as_given(&cfg.qwen_cli_file());
         let Some(linked) = a.linked_file.as_deref() else {
             return Ok(Ok(None));
         };
-        if !same_file(Path::new(linked), &file) {
+        if !links_to(linked, &file) {
             return Ok(Ok(None));
         }
         if !file.is_file() {
@@ -128,20 +186,29 @@ impl FileSync {
         }
         let lock_path = file.with_file_name(LOCK_FILE);
         Ok(match lock(&lock_path, wait)? {
-            Some(lock) => Ok(Some(FileSync { file, _lock: lock })),
-            None if file.is_file() => Err(Busy(format!(
+            Lock::Held(lock) => Ok(Some(FileSync { file, _lock: lock })),
+            Lock::Busy if file.is_file() => Err(Busy(format!(
                 "lock on {} not acquired within {} s (lock_timeout_seconds); the Qwen CLI is refreshing its token (a lock left by a dead process is taken over once {} s old)",
                 lock_path.display(),
                 wait.as_secs(),
                 STALE.as_secs()
             ))),
-            None => Ok(None),
+            Lock::Busy | Lock::NoDir => Ok(None),
+            Lock::Unwritable(e) => {
+                let dir = lock_path.parent().unwrap_or(Path::new("."));
+                report_unwritable(cfg, dir, &e);
+                Err(Busy(format!(
+                    "cannot create the Qwen CLI's lock in {} ({e}); make that directory writable, or set sync_qwen_cli to false",
+                    dir.display()
+                )))
+            }
         })
     }
 
-    /// Before refreshing account `id`: if the file holds newer tokens than the store, stores
-    /// them instead and returns the account as now stored. A missing or unreadable file is
-    /// left alone.
+    /// Before refreshing account `id`: if the file holds tokens that should replace the
+    /// store's (`Creds::should_replace`), stores them instead and returns the account as now
+    /// stored. Also keeps the account's record of the file (`linked_file` as given,
+    /// `linked_refresh_fp`). A missing or unreadable file is left alone.
     pub fn adopt(&self, cfg: &Config, id: &str) -> Result<Option<Account>> {
         let creds = match read(&self.file) {
             Ok(c) => c,
@@ -150,10 +217,19 @@ impl FileSync {
                 return Ok(None);
             }
         };
+        let fp = creds.refresh_token.sha256_hex();
+        let path = self.file.to_string_lossy().into_owned();
         let adopted = transact(cfg, |s| {
             let i = s.find_id(id)?;
             let a = &mut s.accounts[i];
-            if !creds.newer_than(a) {
+            // Linked by the path as given from now on, so that the link survives the Qwen
+            // CLI replacing a symlink there with a regular file.
+            a.linked_file = Some(path.clone());
+            let replace = creds.should_replace(a);
+            if replace || creds.refresh_token == a.refresh_token {
+                a.linked_refresh_fp = Some(fp.clone());
+            }
+            if !replace {
                 return Ok(None);
             }
             creds.apply_to(a);
@@ -161,7 +237,37 @@ impl FileSync {
         })?;
         if adopted.is_some() {
             crate::msg::debug(&format!(
-                "account {id}: adopted the newer tokens of {}",
+                "account {id}: adopted the tokens the Qwen CLI wrote to {}",
+                self.file.display()
+            ));
+        }
+        Ok(adopted)
+    }
+
+    /// After the server called `dead` dead: if the file holds another refresh token, stores
+    /// it for account `id` instead of marking the account revoked, and returns the account as
+    /// now stored, to be refreshed in turn. `dead` itself is never sent again.
+    pub fn adopt_other(&self, cfg: &Config, id: &str, dead: &Secret) -> Result<Option<Account>> {
+        let Ok(creds) = read(&self.file) else {
+            return Ok(None);
+        };
+        if creds.refresh_token == *dead {
+            return Ok(None);
+        }
+        let adopted = transact(cfg, |s| {
+            let i = s.find_id(id)?;
+            let a = &mut s.accounts[i];
+            // A login or import replaced the tokens meanwhile: theirs win.
+            if a.refresh_token != *dead {
+                return Ok(None);
+            }
+            creds.apply_to(a);
+            a.linked_refresh_fp = Some(creds.refresh_token.sha256_hex());
+            Ok(Some(a.clone()))
+        })?;
+        if adopted.is_some() {
+            crate::msg::debug(&format!(
+                "account {id}: the server called its refresh token dead; trying the one in {}",
                 self.file.display()
             ));
         }
@@ -208,16 +314,36 @@ impl FileSync {
         }
         m.insert("expiry_date".into(), new.expiry_date.into());
         let text = serde_json::to_vec_pretty(&Value::Object(m)).map_err(std::io::Error::other)?;
-        // Through a symlink to its target, as the Qwen CLI does.
-        let target = fs::canonicalize(&self.file).unwrap_or_else(|_| self.file.clone());
-        write_atomic(&target, &text)?;
+        // By the path itself, as the Qwen CLI writes (no-follow): a symlink there becomes a
+        // regular file, which both sides keep using.
+        write_atomic(&self.file, &text)?;
         Ok(true)
     }
 }
 
-/// Whether two paths name one file (`linked_file` is stored canonical).
-fn same_file(a: &Path, b: &Path) -> bool {
-    a == b || matches!((fs::canonicalize(a), fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
+/// How often a directory we cannot write is reported: once, then again only after this long.
+const REPORT_AGAIN_MS: i64 = 3_600_000;
+
+/// Says (at most once an hour, recorded in the store) that the Qwen CLI's directory cannot
+/// hold its lock, naming the directory and the ways out.
+fn report_unwritable(cfg: &Config, dir: &Path, e: &std::io::Error) {
+    let now = crate::now_ms();
+    let due = transact(cfg, |s| {
+        let due = s
+            .qwen_dir_unwritable_warned_at
+            .is_none_or(|t| !(now - REPORT_AGAIN_MS..=now).contains(&t));
+        if due {
+            s.qwen_dir_unwritable_warned_at = Some(now);
+        }
+        Ok(due)
+    })
+    .unwrap_or(true);
+    if due {
+        crate::msg::warn(&format!(
+            "{} is not writable ({e}): the account shared with the Qwen CLI is served while its token is valid, but never refreshed without the Qwen CLI's lock there; make that directory writable, or set sync_qwen_cli to false",
+            dir.display()
+        ));
+    }
 }
 
 /// Temp file next to `path` named like the Qwen CLI's (`<file>.<hex>.tmp`), 0600, fsync,
@@ -249,8 +375,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 const LOCK_FILE: &str = "oauth_creds.lock";
-/// The Qwen CLI's rule: a lock whose mtime is older than this was left by a dead process.
-const STALE: Duration = Duration::from_secs(10);
+/// The Qwen CLI's rule (`LOCK_TIMEOUT_MS` in 0.24.4; older releases used 10 s): a lock whose
+/// mtime is more than this old was left by a dead process. Younger, it is live: the Qwen CLI
+/// never renews it, and its refresh alone may take 30 s.
+const STALE: Duration = Duration::from_secs(35);
 /// How often a held lock's mtime is renewed, well inside `STALE`, so that a slow refresh
 /// (HTTP timeouts, retries) is not mistaken for a dead one and taken over mid-flight.
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -264,28 +392,32 @@ pub struct CliLock {
     heartbeat: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
-/// Takes the lock at `path` the Qwen CLI's way, waiting up to `timeout`. `None` when it is
-/// still held then, or when its directory is gone (no file to keep in step).
-pub fn lock(path: &Path, timeout: Duration) -> Result<Option<CliLock>> {
-    // Some(None): the directory is gone, stop waiting.
+/// What became of taking the Qwen CLI's lock.
+pub enum Lock {
+    Held(CliLock),
+    /// Still held by another process when the wait ended.
+    Busy,
+    /// Its directory is gone: no file to keep in step.
+    NoDir,
+    /// The directory cannot hold a lock (read-only, permissions, full).
+    Unwritable(std::io::Error),
+}
+
+/// Takes the lock at `path` the Qwen CLI's way, waiting up to `timeout`.
+pub fn lock(path: &Path, timeout: Duration) -> Result<Lock> {
     let got = crate::lock::wait_for(path, timeout, MAX_PAUSE, || loop {
         match create_lock(path) {
-            Ok(file) => return Ok(Some(Some(file))),
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Some(None)),
+            Ok(file) => return Ok(Some(Lock::Held(CliLock::hold(path, file)))),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Some(Lock::NoDir)),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 if !remove_stale(path) {
                     return Ok(None);
                 }
             }
-            Err(e) => {
-                return Err(Error::File(format!(
-                    "cannot create the Qwen CLI's lock {}: {e}; fix that directory's permissions, or set sync_qwen_cli to false",
-                    path.display()
-                )))
-            }
+            Err(e) => return Ok(Some(Lock::Unwritable(e))),
         }
     })?;
-    Ok(got.flatten().map(|file| CliLock::hold(path, file)))
+    Ok(got.unwrap_or(Lock::Busy))
 }
 
 /// O_EXCL create, with a random id in it as the Qwen CLI writes.
@@ -309,12 +441,19 @@ fn create_lock(path: &Path) -> std::io::Result<File> {
     Ok(f)
 }
 
+/// How old the lock at `path` is by its mtime (one from the future counts as new); `None`
+/// when there is none.
+fn lock_age(path: &Path) -> Option<Duration> {
+    let t = fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    Some(
+        SystemTime::now()
+            .duration_since(t)
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 fn is_stale(path: &Path) -> bool {
-    fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .is_some_and(|age| age > STALE)
+    lock_age(path).is_some_and(|age| age > STALE)
 }
 
 /// Takes a stale lock away; true when one was removed. It is moved aside first so that two
@@ -410,14 +549,21 @@ mod tests {
         d
     }
 
+    fn held(l: Result<Lock>) -> Option<CliLock> {
+        match l {
+            Ok(Lock::Held(l)) => Some(l),
+            _ => None,
+        }
+    }
+
     #[test]
     fn lock_is_exclusive_removed_on_drop_and_not_acquired_while_held() {
         let d = temp_dir("lock");
         let p = d.join(LOCK_FILE);
-        let held = lock(&p, Duration::from_secs(1)).ok().flatten();
+        let held = held(lock(&p, Duration::from_secs(1)));
         assert!(held.is_some() && p.exists());
         assert!(
-            matches!(lock(&p, Duration::ZERO), Ok(None)),
+            matches!(lock(&p, Duration::ZERO), Ok(Lock::Busy)),
             "held: not acquired"
         );
         drop(held);
@@ -425,20 +571,27 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
     }
 
+    /// The Qwen CLI's 35 s: a lock 34 s old is live (its refresh may still be in flight), one
+    /// 36 s old was left by a dead process. A missing directory means no lock.
     #[test]
-    fn a_stale_lock_is_taken_over_and_a_missing_dir_means_no_lock() {
+    fn only_a_lock_over_35_s_old_is_taken_over() {
         let d = temp_dir("stale");
         let p = d.join(LOCK_FILE);
-        let old = File::create(&p).and_then(|f| {
-            f.set_modified(SystemTime::now() - Duration::from_secs(11))
-                .map(|_| f)
-        });
-        assert!(old.is_ok());
-        assert!(lock(&p, Duration::ZERO).ok().flatten().is_some());
+        let plant = |age: u64| {
+            File::create(&p)
+                .and_then(|f| f.set_modified(SystemTime::now() - Duration::from_secs(age)))
+                .is_ok()
+        };
+        assert!(plant(34));
+        assert!(matches!(lock(&p, Duration::ZERO), Ok(Lock::Busy)));
+        assert!(p.exists());
+        assert!(plant(36));
+        assert!(held(lock(&p, Duration::ZERO)).is_some());
         assert!(!p.exists());
-        assert!(lock(&d.join("gone").join(LOCK_FILE), Duration::ZERO)
-            .ok()
-            .is_some_and(|l| l.is_none()));
+        assert!(matches!(
+            lock(&d.join("gone").join(LOCK_FILE), Duration::ZERO),
+            Ok(Lock::NoDir)
+        ));
         let _ = fs::remove_dir_all(&d);
     }
 
@@ -446,7 +599,7 @@ mod tests {
     fn drop_leaves_a_lock_that_is_no_longer_ours() {
         let d = temp_dir("theirs");
         let p = d.join(LOCK_FILE);
-        let held = lock(&p, Duration::ZERO).ok().flatten();
+        let held = held(lock(&p, Duration::ZERO));
         assert!(held.is_some());
         // As if ours went stale and the Qwen CLI took over.
         let _ = fs::remove_file(&p);
@@ -454,6 +607,81 @@ mod tests {
         drop(held);
         assert_eq!(fs::read_to_string(&p).ok().as_deref(), Some("theirs"));
         let _ = fs::remove_dir_all(&d);
+    }
+
+    /// Through a symlink, the Qwen CLI's way: the link itself is replaced by a regular file
+    /// (its target is not written), so both sides go on using the path.
+    #[test]
+    fn atomic_write_replaces_a_symlink_instead_of_following_it() {
+        let d = temp_dir("link");
+        let target = d.join("elsewhere.json");
+        let p = d.join("oauth_creds.json");
+        assert!(fs::write(&target, "{}").is_ok());
+        assert!(std::os::unix::fs::symlink(&target, &p).is_ok());
+        assert!(write_atomic(&p, b"{\"a\":1}").is_ok());
+        let meta = fs::symlink_metadata(&p).ok();
+        assert!(meta.is_some_and(|m| m.file_type().is_file()));
+        assert_eq!(fs::read(&p).ok().as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(fs::read(&target).ok().as_deref(), Some(&b"{}"[..]));
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_link_is_kept_by_the_path_given_and_matches_older_canonical_links() {
+        let d = temp_dir("links");
+        let target = d.join("real.json");
+        let p = d.join("oauth_creds.json");
+        assert!(fs::write(&target, "{}").is_ok());
+        assert!(std::os::unix::fs::symlink(&target, &p).is_ok());
+        let given = p.to_string_lossy().into_owned();
+        let canonical = target.to_string_lossy().into_owned();
+        assert!(links_to(&given, &p));
+        // What an older version stored: the target, while the link is there.
+        assert!(links_to(&canonical, &p));
+        // The Qwen CLI replaced the link with a file: the path as given still matches.
+        assert!(fs::remove_file(&p).is_ok() && fs::write(&p, "{}").is_ok());
+        assert!(links_to(&given, &p));
+        assert!(!links_to(&canonical, &p));
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    fn linked(rt: &str, expiry: i64, fp: Option<&str>) -> Account {
+        let mut a = Account::new(Secret::new("at"), Secret::new(rt), expiry, 0);
+        a.linked_refresh_fp = fp.map(String::from);
+        a
+    }
+
+    fn creds(at: &str, rt: &str, expiry: i64) -> Creds {
+        Creds {
+            access_token: Secret::new(at),
+            refresh_token: Secret::new(rt),
+            token_type: "Bearer".into(),
+            resource_url: None,
+            expiry_date: expiry,
+        }
+    }
+
+    #[test]
+    fn newer_means_different_since_last_seen_not_later_expiring() {
+        let fp = |t: &str| Secret::new(t).sha256_hex();
+        // The Qwen CLI refreshed after we last saw rt-1 there: adopted, even expiring sooner.
+        assert!(creds("at-2", "rt-2", 100).should_replace(&linked("rt-1", 500, Some(&fp("rt-1")))));
+        // The file still holds what we last saw, which is not ours (our write-back failed):
+        // not adopted, even expiring later.
+        assert!(!creds("at-1", "rt-1", 900).should_replace(&linked(
+            "rt-2",
+            500,
+            Some(&fp("rt-1"))
+        )));
+        // No record (linked by an older version): the old rule.
+        assert!(creds("at-2", "rt-2", 500).should_replace(&linked("rt-1", 500, None)));
+        assert!(!creds("at-2", "rt-2", 499).should_replace(&linked("rt-1", 500, None)));
+        // Same refresh token: only a fresher access token.
+        assert!(creds("at-x", "rt-1", 600).should_replace(&linked("rt-1", 500, None)));
+        assert!(!creds("at-x", "rt-1", 400).should_replace(&linked("rt-1", 500, None)));
+        assert!(!creds("at", "rt-1", 600).should_replace(&linked("rt-1", 500, None)));
+        assert_eq!(fp("rt-1").len(), 64);
+        assert_ne!(fp("rt-1"), fp("rt-2"));
     }
 
     #[test]

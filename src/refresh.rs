@@ -148,6 +148,15 @@ fn refresh_and_store(
         Ok(tok) => store_answer(cfg, id, current, &used, tok, sync, journal),
         Err(RefreshError::Dead(reason)) => {
             journal.discard();
+            // files.md: a linked account re-reads the Qwen CLI's file once first; a different
+            // refresh token there is tried instead (the dead one is never sent again).
+            if let Some(a) = sync
+                .map(|s| s.adopt_other(cfg, id, &used))
+                .transpose()?
+                .flatten()
+            {
+                return refresh_and_store(cfg, id, &a, sync, deferred);
+            }
             let reason = redact(&reason);
             let now = crate::now_ms();
             let found = transact(cfg, |s| {

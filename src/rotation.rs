@@ -537,13 +537,8 @@ mod tests {
 
     fn store(ids: &[&str]) -> Store {
         Store {
-            version: "1.0".to_string(),
-            max_accounts: 10,
             accounts: ids.iter().map(|id| acct(id)).collect(),
-            current_account_id: None,
-            current_streak: 0,
-            last_background_refresh_at: None,
-            extra: serde_json::Map::new(),
+            ..Store::empty()
         }
     }
 

@@ -46,8 +46,13 @@ pub struct Account {
     pub status: Status,
     pub status_reason: Option<String>,
     pub status_changed_at: Option<i64>,
-    /// Path of the Qwen CLI file this account was imported from (sync_qwen_cli).
+    /// Path of the Qwen CLI file this account was imported from (sync_qwen_cli), as given:
+    /// absolute, not resolved through symlinks.
     pub linked_file: Option<String>,
+    /// SHA-256 (hex) of the refresh token that file held when it was last imported, adopted
+    /// or seen to agree with this account: a different one there means the Qwen CLI has
+    /// refreshed since (qwen_cli.rs). Never the token itself.
+    pub linked_refresh_fp: Option<String>,
     /// When a refresh last failed transiently (Unix ms): callers that queued behind that
     /// refresh do not repeat it at once.
     pub refresh_failed_at: Option<i64>,
@@ -65,6 +70,11 @@ pub struct Store {
     pub current_streak: u64,
     /// Last time `token` started a background `refresh --due` (Unix ms).
     pub last_background_refresh_at: Option<i64>,
+    /// SHA-256 (hex) of the refresh token of the Qwen CLI login last removed from the pool:
+    /// `token` does not import that login again on its own.
+    pub removed_qwen_cli_fp: Option<String>,
+    /// Last time a Qwen CLI directory we could not write was reported (Unix ms).
+    pub qwen_dir_unwritable_warned_at: Option<i64>,
     pub extra: Map<String, Value>,
 }
 
@@ -152,6 +162,8 @@ impl Store {
             current_account_id: None,
             current_streak: 0,
             last_background_refresh_at: None,
+            removed_qwen_cli_fp: None,
+            qwen_dir_unwritable_warned_at: None,
             extra: Map::new(),
         }
     }
@@ -248,6 +260,8 @@ impl Store {
             .int("current_streak", false, i64::MAX, "a non-negative integer")?
             .unwrap_or(0) as u64;
         let last_background_refresh_at = f.time("last_background_refresh_at", true)?;
+        let removed_qwen_cli_fp = f.string("removed_qwen_cli_fp", true)?;
+        let qwen_dir_unwritable_warned_at = f.time("qwen_dir_unwritable_warned_at", true)?;
         Ok(Store {
             version,
             max_accounts,
@@ -255,6 +269,8 @@ impl Store {
             current_account_id,
             current_streak,
             last_background_refresh_at,
+            removed_qwen_cli_fp,
+            qwen_dir_unwritable_warned_at,
             extra: f.map,
         })
     }
@@ -277,6 +293,12 @@ impl Store {
         }
         if let Some(t) = self.last_background_refresh_at {
             m.insert("last_background_refresh_at".into(), t.into());
+        }
+        if let Some(fp) = &self.removed_qwen_cli_fp {
+            m.insert("removed_qwen_cli_fp".into(), fp.clone().into());
+        }
+        if let Some(t) = self.qwen_dir_unwritable_warned_at {
+            m.insert("qwen_dir_unwritable_warned_at".into(), t.into());
         }
         m.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         let mut out = serde_json::to_vec_pretty(&Value::Object(m)).unwrap_or_default();
@@ -401,6 +423,7 @@ impl Account {
             status_reason: None,
             status_changed_at: None,
             linked_file: None,
+            linked_refresh_fp: None,
             refresh_failed_at: None,
             extra: Map::new(),
         }
@@ -463,6 +486,7 @@ impl Account {
         let status_changed_at = f.time("status_changed_at", true)?;
         let refresh_failed_at = f.time("refresh_failed_at", true)?;
         let linked_file = f.string("linked_file", true)?;
+        let linked_refresh_fp = f.string("linked_refresh_fp", true)?;
         Ok(Account {
             id,
             email,
@@ -483,6 +507,7 @@ impl Account {
             status_reason,
             status_changed_at,
             linked_file,
+            linked_refresh_fp,
             refresh_failed_at,
             extra: f.map,
         })
@@ -529,6 +554,9 @@ impl Account {
         }
         if let Some(l) = &self.linked_file {
             put("linked_file", l.clone().into());
+        }
+        if let Some(fp) = &self.linked_refresh_fp {
+            put("linked_refresh_fp", fp.clone().into());
         }
         if let Some(t) = self.refresh_failed_at {
             put("refresh_failed_at", t.into());

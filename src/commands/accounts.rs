@@ -145,21 +145,27 @@ pub fn remove(cfg: &Config, args: &Remove) -> Result<()> {
         ));
     }
     transact(cfg, |s| {
-        if args.all {
-            s.accounts.clear();
+        let removed = if args.all {
             s.current_account_id = None;
             s.current_streak = 0;
-            return Ok(());
-        }
-        // Resolve every id first, so a typo removes nothing.
-        let mut ids = Vec::new();
-        for id in &args.ids {
-            ids.push(s.accounts[s.find(id)?].id.clone());
-        }
-        for id in ids {
-            if let Some(i) = s.accounts.iter().position(|a| a.id == id) {
-                s.remove_at(i);
+            std::mem::take(&mut s.accounts)
+        } else {
+            // Resolve every id first, so a typo removes nothing.
+            let mut ids = Vec::new();
+            for id in &args.ids {
+                ids.push(s.accounts[s.find(id)?].id.clone());
             }
+            let mut removed = Vec::new();
+            for id in ids {
+                if let Some(i) = s.accounts.iter().position(|a| a.id == id) {
+                    removed.push(s.remove_at(i));
+                }
+            }
+            removed
+        };
+        // Removing the Qwen CLI's login sticks: `token` does not import it again on its own.
+        if let Some(fp) = crate::qwen_cli::removed_login(cfg, &removed) {
+            s.removed_qwen_cli_fp = Some(fp);
         }
         Ok(())
     })
@@ -178,9 +184,18 @@ pub fn import(cfg: &Config, args: &Import) -> Result<()> {
 /// Adds (or updates) the account of a Qwen CLI file, linked to it; returns what happened.
 pub fn import_file(cfg: &Config, path: &std::path::Path, email: Option<&str>) -> Result<String> {
     let creds = crate::qwen_cli::read(path)?;
-    let linked = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    // Linked by the path as given, not a symlink's target: the Qwen CLI replaces a symlink
+    // there with a regular file, and the link must hold (files.md).
+    let linked = crate::qwen_cli::as_given(path)
+        .to_string_lossy()
+        .into_owned();
+    let fp = creds.refresh_token.sha256_hex();
     let now = crate::now_ms();
     transact(cfg, |s| {
+        // Imported by hand: a login `remove` took out may be imported again on its own later.
+        if s.removed_qwen_cli_fp.as_ref() == Some(&fp) {
+            s.removed_qwen_cli_fp = None;
+        }
         if let Some(i) = s.index_by_refresh_token(&creds.refresh_token) {
             let a = &mut s.accounts[i];
             if creds.expiry_date > a.expiry_date {
@@ -189,6 +204,12 @@ pub fn import_file(cfg: &Config, path: &std::path::Path, email: Option<&str>) ->
             }
             if let Some(e) = email {
                 a.email = e.to_string();
+            }
+            if a.linked_file
+                .as_deref()
+                .is_some_and(|l| crate::qwen_cli::links_to(l, path))
+            {
+                a.linked_refresh_fp = Some(fp.clone());
             }
             return Ok(format!("{} is already account {}", path.display(), a.id));
         }
@@ -201,7 +222,8 @@ pub fn import_file(cfg: &Config, path: &std::path::Path, email: Option<&str>) ->
         a.token_type = creds.token_type.clone();
         a.resource_url = creds.resource_url.clone();
         a.email = email.unwrap_or_default().to_string();
-        a.linked_file = Some(linked.to_string_lossy().into_owned());
+        a.linked_file = Some(linked.clone());
+        a.linked_refresh_fp = Some(fp.clone());
         let i = s.add(a)?;
         Ok(format!(
             "imported {} as account {}",

@@ -18,6 +18,8 @@ enum Step {
         id: String,
         need: Need,
         seen: Secret,
+        /// The Qwen CLI holds its lock on this account's shared token now.
+        cli_busy: bool,
     },
     Wait(i64),
     Import,
@@ -30,6 +32,10 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
     // Why each skipped account could not be refreshed, and whether only a lock was in the way.
     let mut failures: Vec<(String, bool)> = Vec::new();
     let mut imported = false;
+    // Expired accounts passed over while the Qwen CLI refreshes their shared token: tried
+    // again, waiting for that lock, only when no other account can serve.
+    let mut deferred: Vec<String> = Vec::new();
+    let mut patient = false;
     loop {
         let now = crate::now_ms();
         let (step, saved) =
@@ -52,6 +58,11 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                 let what = super::accounts::import_file(cfg, &file, None)?;
                 crate::msg::warn(&format!("the pool was empty: {what}"));
             }
+            Step::Wait(_) | Step::Unavailable(_) if !deferred.is_empty() => {
+                skip.retain(|id| !deferred.contains(id));
+                deferred.clear();
+                patient = true;
+            }
             Step::Wait(until) => wait_for_reset(cfg, until, args.no_wait)?,
             Step::Unavailable(revoked) => {
                 if failures.is_empty() {
@@ -71,7 +82,21 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                     Error::Server(format!("{what}; retry later"))
                 });
             }
-            Step::Refresh { id, need, seen } => {
+            // files.md: never spend the shared token while the Qwen CLI's lock is live; an
+            // expired token moves to another account rather than wait for that lock.
+            Step::Refresh {
+                id,
+                need: Need::Expired,
+                cli_busy: true,
+                ..
+            } if !patient && args.account.is_none() => {
+                crate::msg::debug(&format!(
+                    "account {id}: the Qwen CLI is refreshing its token; trying the next account"
+                ));
+                deferred.push(id.clone());
+                skip.push(id);
+            }
+            Step::Refresh { id, need, seen, .. } => {
                 let still = |a: &Account| {
                     rotation::needs_refresh(a, crate::now_ms(), args.min_valid, &policy).is_some()
                 };
@@ -161,6 +186,7 @@ fn decide(
                     id: a.id.clone(),
                     need,
                     seen: a.access_token.clone(),
+                    cli_busy: false,
                 },
                 None => Step::Serve(Box::new(record_pinned(s, i, now)), false),
             },
@@ -174,6 +200,7 @@ fn decide(
                     id: a.id.clone(),
                     need,
                     seen: a.access_token.clone(),
+                    cli_busy: need == Need::Expired && crate::qwen_cli::cli_is_refreshing(cfg, a),
                 });
             }
             rotation::record_use(s, i, now);
@@ -182,7 +209,15 @@ fn decide(
         }
         Pick::AllCooling { soonest_ms } => Ok(Step::Wait(soonest_ms)),
         Pick::Unavailable { revoked } => {
-            if s.accounts.is_empty() && !imported && cfg.qwen_cli_file().is_file() {
+            let file = cfg.qwen_cli_file();
+            if s.accounts.is_empty() && !imported && file.is_file() {
+                // A login `remove` took out stays out until the Qwen CLI holds another one.
+                if crate::qwen_cli::was_removed(&file, s.removed_qwen_cli_fp.as_deref()) {
+                    return Err(Error::NoAccount(format!(
+                        "no account can serve: the pool is empty (the Qwen CLI's login in {} was removed; qwen-cred import adds it back); run qwen-cred login",
+                        file.display()
+                    )));
+                }
                 return Ok(Step::Import);
             }
             Ok(Step::Unavailable(revoked))
