@@ -288,7 +288,7 @@ impl Config {
     }
 
     pub fn store_path(&self) -> PathBuf {
-        self.dir.join("qwen-accounts.json")
+        crate::store::path(&self.dir)
     }
 
     pub fn qwen_cli_file(&self) -> PathBuf {

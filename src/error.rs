@@ -38,6 +38,18 @@ impl Error {
         }
     }
 
+    /// No account can serve: exit 3, naming the revoked ones.
+    pub fn no_account(revoked: &[String]) -> Error {
+        if revoked.is_empty() {
+            Error::NoAccount("no account can serve: the pool is empty; run qwen-cred login".into())
+        } else {
+            Error::NoAccount(format!(
+                "no account can serve: revoked: {}; run qwen-cred login",
+                revoked.join(", ")
+            ))
+        }
+    }
+
     /// A file error naming the path and the I/O failure.
     pub fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
         Error::File(format!("{what} {}: {e}", path.display()))

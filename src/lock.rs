@@ -60,7 +60,7 @@ pub fn account_file(dir: &Path, account_id: &str, ext: &str) -> PathBuf {
 fn acquire(path: &Path, timeout: Duration) -> Result<Option<Held>> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
-        crate::store::ensure_dir(dir)?;
+        crate::files::ensure_dir(dir)?;
     }
     let file = std::fs::OpenOptions::new()
         .read(true)

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod config;
 mod error;
+mod files;
 #[cfg(test)]
 mod fuzz_tests;
 mod journal;
@@ -38,12 +39,4 @@ fn main() {
         msg::warn(&e.to_string());
         std::process::exit(e.exit_code());
     }
-}
-
-/// Now as Unix milliseconds, the one clock of the program (rotation takes it as an argument).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

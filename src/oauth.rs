@@ -350,11 +350,11 @@ impl Client {
 
 impl TokenResponse {
     /// When this token expires, as Unix ms from `now_ms`. A lifetime past ten years is a
-    /// server's mistake: clamping it keeps the stored time valid (store.rs).
+    /// server's mistake and is clamped to that.
     pub fn expiry_date(&self, now_ms: i64) -> i64 {
         const TEN_YEARS_S: u64 = 10 * 365 * 86_400;
         let ms = self.expires_in.min(TEN_YEARS_S) as i64 * 1000;
-        now_ms.saturating_add(ms).min(crate::store::MAX_TIME_MS)
+        now_ms.saturating_add(ms)
     }
 
     /// Reads a token answer (RFC 6749 §5.1) for what it carries; the caller decides whether

@@ -10,16 +10,14 @@
 //! 400 it deletes the file); the file is replaced atomically through a `<file>.<hex>.tmp` temp
 //! file with mode 0600, by the path itself (a symlink there is replaced, not followed).
 
-use crate::commands::transact;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
-use crate::store::Account;
+use crate::store::{Account, Store};
 use serde_json::Value;
-use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -117,6 +115,55 @@ pub fn links_to(linked: &str, file: &Path) -> bool {
         || matches!((fs::canonicalize(linked), fs::canonicalize(file)), (Ok(x), Ok(y)) if x == y)
 }
 
+/// Adds (or updates) the account of the Qwen CLI file `path` holding `creds` in `s`, linked
+/// to that file; says what happened. The caller holds the store lock.
+pub fn import(
+    s: &mut Store,
+    path: &Path,
+    creds: &Creds,
+    email: Option<&str>,
+    now: i64,
+) -> Result<String> {
+    let fp = creds.refresh_token.sha256_hex();
+    // Imported by hand: a login `remove` took out may be imported again on its own later.
+    if s.removed_qwen_cli_fp.as_ref() == Some(&fp) {
+        s.removed_qwen_cli_fp = None;
+    }
+    if let Some(i) = s.index_by_refresh_token(&creds.refresh_token) {
+        let a = &mut s.accounts[i];
+        if creds.expiry_date > a.expiry_date {
+            a.access_token = creds.access_token.clone();
+            a.expiry_date = creds.expiry_date;
+        }
+        if let Some(e) = email {
+            a.email = e.to_string();
+        }
+        if a.linked_file.as_deref().is_some_and(|l| links_to(l, path)) {
+            a.linked_refresh_fp = Some(fp);
+        }
+        return Ok(format!("{} is already account {}", path.display(), a.id));
+    }
+    let mut a = Account::new(
+        creds.access_token.clone(),
+        creds.refresh_token.clone(),
+        creds.expiry_date,
+        now,
+    );
+    a.token_type = creds.token_type.clone();
+    a.resource_url = creds.resource_url.clone();
+    a.email = email.unwrap_or_default().to_string();
+    // Linked by the path as given, not a symlink's target: the Qwen CLI replaces a symlink
+    // there with a regular file, and the link must hold (files.md).
+    a.linked_file = Some(as_given(path).to_string_lossy().into_owned());
+    a.linked_refresh_fp = Some(fp);
+    let i = s.add(a)?;
+    Ok(format!(
+        "imported {} as account {}",
+        path.display(),
+        s.accounts[i].id
+    ))
+}
+
 /// Whether the Qwen CLI holds its lock on the file `a` is kept in step with (a live lock,
 /// at most 35 s old): its refresh of the shared token may be in flight, so ours must not
 /// start.
@@ -146,9 +193,37 @@ pub fn was_removed(file: &Path, removed_fp: Option<&str>) -> bool {
     removed_fp.is_some_and(|fp| read(file).is_ok_and(|c| c.refresh_token.sha256_hex() == fp))
 }
 
-/// Another process holds a lock a refresh needs (or the Qwen CLI's directory cannot hold
-/// one); says which.
-pub struct Busy(pub String);
+/// Why a refresh cannot keep in step with the Qwen CLI's file now; nothing was sent.
+pub enum Busy {
+    /// The Qwen CLI holds its lock; says which.
+    Locked(String),
+    /// Its directory cannot hold our lock (read-only, permissions): the caller reports it
+    /// (`unwritable_warning`, at most once an hour) and serves what it can.
+    Unwritable { dir: PathBuf, error: String },
+}
+
+impl Busy {
+    pub fn why(&self) -> String {
+        match self {
+            Busy::Locked(why) => why.clone(),
+            Busy::Unwritable { dir, error } => format!(
+                "cannot create the Qwen CLI's lock in {} ({error}); make that directory writable, or set sync_qwen_cli to false",
+                dir.display()
+            ),
+        }
+    }
+}
+
+/// How often a directory we cannot write is reported: once, then again only after this long.
+pub const REPORT_UNWRITABLE_AGAIN_MS: i64 = 3_600_000;
+
+/// The one-line warning for a Qwen CLI directory that cannot hold its lock.
+pub fn unwritable_warning(dir: &Path, error: &str) -> String {
+    format!(
+        "{} is not writable ({error}): the account shared with the Qwen CLI is served while its token is valid, but never refreshed without the Qwen CLI's lock there; make that directory writable, or set sync_qwen_cli to false",
+        dir.display()
+    )
+}
 
 /// One refresh's sync with the Qwen CLI's file, holding that CLI's lock until dropped, so
 /// the file cannot change between reading it and writing it back.
@@ -187,91 +262,66 @@ impl FileSync {
         let lock_path = file.with_file_name(LOCK_FILE);
         Ok(match lock(&lock_path, wait)? {
             Lock::Held(lock) => Ok(Some(FileSync { file, _lock: lock })),
-            Lock::Busy if file.is_file() => Err(Busy(format!(
+            Lock::Busy if file.is_file() => Err(Busy::Locked(format!(
                 "lock on {} not acquired within {} s (lock_timeout_seconds); the Qwen CLI is refreshing its token (a lock left by a dead process is taken over once {} s old)",
                 lock_path.display(),
                 wait.as_secs(),
                 STALE.as_secs()
             ))),
             Lock::Busy | Lock::NoDir => Ok(None),
-            Lock::Unwritable(e) => {
-                let dir = lock_path.parent().unwrap_or(Path::new("."));
-                report_unwritable(cfg, dir, &e);
-                Err(Busy(format!(
-                    "cannot create the Qwen CLI's lock in {} ({e}); make that directory writable, or set sync_qwen_cli to false",
-                    dir.display()
-                )))
-            }
+            Lock::Unwritable(e) => Err(Busy::Unwritable {
+                dir: lock_path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                error: e.to_string(),
+            }),
         })
     }
 
-    /// Before refreshing account `id`: if the file holds tokens that should replace the
-    /// store's (`Creds::should_replace`), stores them instead and returns the account as now
-    /// stored. Also keeps the account's record of the file (`linked_file` as given,
-    /// `linked_refresh_fp`). A missing or unreadable file is left alone.
-    pub fn adopt(&self, cfg: &Config, id: &str) -> Result<Option<Account>> {
-        let creds = match read(&self.file) {
-            Ok(c) => c,
-            Err(e) => {
-                crate::msg::debug(&format!("{e}; leaving it alone"));
-                return Ok(None);
-            }
-        };
-        let fp = creds.refresh_token.sha256_hex();
-        let path = self.file.to_string_lossy().into_owned();
-        let adopted = transact(cfg, |s| {
-            let i = s.find_id(id)?;
-            let a = &mut s.accounts[i];
-            // Linked by the path as given from now on, so that the link survives the Qwen
-            // CLI replacing a symlink there with a regular file.
-            a.linked_file = Some(path.clone());
-            let replace = creds.should_replace(a);
-            if replace || creds.refresh_token == a.refresh_token {
-                a.linked_refresh_fp = Some(fp.clone());
-            }
-            if !replace {
-                return Ok(None);
-            }
-            creds.apply_to(a);
-            Ok(Some(a.clone()))
-        })?;
-        if adopted.is_some() {
-            crate::msg::debug(&format!(
-                "account {id}: adopted the tokens the Qwen CLI wrote to {}",
-                self.file.display()
-            ));
-        }
-        Ok(adopted)
+    /// The file's tokens now; `None` (with a debug line) when it is missing or unreadable:
+    /// then it is left alone.
+    pub fn read(&self) -> Option<Creds> {
+        read(&self.file)
+            .map_err(|e| crate::msg::debug(&format!("{e}; leaving it alone")))
+            .ok()
     }
 
-    /// After the server called `dead` dead: if the file holds another refresh token, stores
-    /// it for account `id` instead of marking the account revoked, and returns the account as
-    /// now stored, to be refreshed in turn. `dead` itself is never sent again.
-    pub fn adopt_other(&self, cfg: &Config, id: &str, dead: &Secret) -> Result<Option<Account>> {
-        let Ok(creds) = read(&self.file) else {
-            return Ok(None);
-        };
-        if creds.refresh_token == *dead {
-            return Ok(None);
-        }
-        let adopted = transact(cfg, |s| {
-            let i = s.find_id(id)?;
-            let a = &mut s.accounts[i];
-            // A login or import replaced the tokens meanwhile: theirs win.
-            if a.refresh_token != *dead {
-                return Ok(None);
-            }
-            creds.apply_to(a);
+    /// Before a refresh, with the file's tokens `creds`: gives `a` those tokens if they should
+    /// replace its own (`Creds::should_replace`); true when it did. Also keeps the account's
+    /// record of the file: `linked_file` by the path as given, so that the link survives the
+    /// Qwen CLI replacing a symlink there with a regular file, and `linked_refresh_fp`.
+    pub fn adopt(&self, creds: &Creds, a: &mut Account) -> bool {
+        a.linked_file = Some(self.file.to_string_lossy().into_owned());
+        let replace = creds.should_replace(a);
+        if replace || creds.refresh_token == a.refresh_token {
             a.linked_refresh_fp = Some(creds.refresh_token.sha256_hex());
-            Ok(Some(a.clone()))
-        })?;
-        if adopted.is_some() {
+        }
+        if replace {
+            creds.apply_to(a);
             crate::msg::debug(&format!(
-                "account {id}: the server called its refresh token dead; trying the one in {}",
+                "account {}: adopted the tokens the Qwen CLI wrote to {}",
+                a.id,
                 self.file.display()
             ));
         }
-        Ok(adopted)
+        replace
+    }
+
+    /// After the server called `dead` dead, with the file's tokens `creds`: gives `a` the
+    /// file's refresh token if it is another one (to be refreshed in turn instead of revoking
+    /// the account); true when it did. `dead` itself is never sent again.
+    pub fn adopt_other(&self, creds: &Creds, a: &mut Account, dead: &Secret) -> bool {
+        // A login or import replaced the tokens meanwhile (theirs win), or the file holds
+        // the dead token too.
+        if a.refresh_token != *dead || creds.refresh_token == *dead {
+            return false;
+        }
+        creds.apply_to(a);
+        a.linked_refresh_fp = Some(creds.refresh_token.sha256_hex());
+        crate::msg::debug(&format!(
+            "account {}: the server called its refresh token dead; trying the one in {}",
+            a.id,
+            self.file.display()
+        ));
+        true
     }
 
     /// After our refresh spent `used`: gives the file the `new` tokens if it still holds
@@ -321,57 +371,11 @@ impl FileSync {
     }
 }
 
-/// How often a directory we cannot write is reported: once, then again only after this long.
-const REPORT_AGAIN_MS: i64 = 3_600_000;
-
-/// Says (at most once an hour, recorded in the store) that the Qwen CLI's directory cannot
-/// hold its lock, naming the directory and the ways out.
-fn report_unwritable(cfg: &Config, dir: &Path, e: &std::io::Error) {
-    let now = crate::now_ms();
-    let due = transact(cfg, |s| {
-        let due = s
-            .qwen_dir_unwritable_warned_at
-            .is_none_or(|t| !(now - REPORT_AGAIN_MS..=now).contains(&t));
-        if due {
-            s.qwen_dir_unwritable_warned_at = Some(now);
-        }
-        Ok(due)
-    })
-    .unwrap_or(true);
-    if due {
-        crate::msg::warn(&format!(
-            "{} is not writable ({e}): the account shared with the Qwen CLI is served while its token is valid, but never refreshed without the Qwen CLI's lock there; make that directory writable, or set sync_qwen_cli to false",
-            dir.display()
-        ));
-    }
-}
-
-/// Temp file next to `path` named like the Qwen CLI's (`<file>.<hex>.tmp`), 0600, fsync,
-/// rename, fsync the directory: the Qwen CLI sees the old file or the new one, whole.
+/// Replaces the file atomically through a temp file named like the Qwen CLI's
+/// (`<file>.<hex>.tmp`), 0600: the Qwen CLI sees the old file or the new one, whole.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = with_suffix(path, &format!(".{}.tmp", unique_hex(12)));
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // Exactly 0600 whatever the umask.
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    let tmp = crate::files::sibling(path, "", &format!(".{}.tmp", unique_hex(12)));
+    crate::files::replace(path, &tmp, bytes)
 }
 
 const LOCK_FILE: &str = "oauth_creds.lock";
@@ -463,7 +467,7 @@ fn remove_stale(path: &Path) -> bool {
     if !is_stale(path) {
         return false;
     }
-    let aside = with_suffix(path, &format!(".stale.{}", unique_hex(12)));
+    let aside = crate::files::sibling(path, "", &format!(".stale.{}", unique_hex(12)));
     if fs::rename(path, &aside).is_err() {
         return false;
     }
@@ -510,12 +514,6 @@ impl Drop for CliLock {
             let _ = fs::remove_file(&self.path);
         }
     }
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s: OsString = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 /// `n` random hex digits (n <= 64): names that no other process picks.
@@ -686,6 +684,7 @@ mod tests {
 
     #[test]
     fn atomic_write_is_0600_and_leaves_no_temp_file() {
+        use std::os::unix::fs::PermissionsExt;
         let d = temp_dir("write");
         let p = d.join("oauth_creds.json");
         assert!(fs::write(&p, "{}").is_ok());

@@ -5,7 +5,6 @@
 //! again (RFC 6749 §10.4: a rotated refresh token is single-use). An account linked to the
 //! Qwen CLI's file is also kept in step with that file, under that CLI's lock (qwen_cli.rs).
 
-use crate::commands::transact;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::{self, Journal};
@@ -46,7 +45,7 @@ pub fn refresh_account(
     still_needed: &dyn Fn(&Account) -> bool,
     wait: Duration,
 ) -> Result<Refreshed> {
-    let asked_at = crate::now_ms();
+    let asked_at = crate::store::now_ms();
     let Some(_flight) = crate::lock::refresh(&cfg.dir, id, wait)? else {
         return Ok(Refreshed::Busy(format!(
             "another qwen-cred has been refreshing account {id} for {} s (lock_timeout_seconds)",
@@ -77,7 +76,7 @@ pub fn refresh_account(
     // stamp from a clock that later stepped back cannot stop refreshes for long.
     if current
         .refresh_failed_at
-        .is_some_and(|t| (asked_at..=crate::now_ms()).contains(&t))
+        .is_some_and(|t| (asked_at..=crate::store::now_ms()).contains(&t))
     {
         return Ok(Refreshed::Failed(
             "a refresh by another process just failed".into(),
@@ -89,13 +88,21 @@ pub fn refresh_account(
     let sync = if cfg.bool("sync_qwen_cli") {
         match FileSync::begin(cfg, &current, wait)? {
             Ok(sync) => sync,
-            Err(Busy(why)) => return Ok(Refreshed::Busy(why)),
+            Err(busy) => {
+                if let Busy::Unwritable { dir, error } = &busy {
+                    report_unwritable(cfg, dir, error);
+                }
+                return Ok(Refreshed::Busy(busy.why()));
+            }
         }
     } else {
         None
     };
     let adopted = match &sync {
-        Some(s) => s.adopt(cfg, id)?,
+        Some(sync) => match sync.read() {
+            Some(creds) => update_account(cfg, id, |a| sync.adopt(&creds, a))?,
+            None => None,
+        },
         None => None,
     };
     // Tokens adopted from the file are refreshed in turn if they still need it.
@@ -150,16 +157,14 @@ fn refresh_and_store(
             journal.discard();
             // files.md: a linked account re-reads the Qwen CLI's file once first; a different
             // refresh token there is tried instead (the dead one is never sent again).
-            if let Some(a) = sync
-                .map(|s| s.adopt_other(cfg, id, &used))
-                .transpose()?
-                .flatten()
-            {
-                return refresh_and_store(cfg, id, &a, sync, deferred);
+            if let Some((sync, creds)) = sync.and_then(|s| Some((s, s.read()?))) {
+                if let Some(a) = update_account(cfg, id, |a| sync.adopt_other(&creds, a, &used))? {
+                    return refresh_and_store(cfg, id, &a, Some(sync), deferred);
+                }
             }
             let reason = redact(&reason);
-            let now = crate::now_ms();
-            let found = transact(cfg, |s| {
+            let now = crate::store::now_ms();
+            let found = crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
                 let Some(a) = s.accounts.iter_mut().find(|a| a.id == id) else {
                     return Ok(false);
                 };
@@ -185,8 +190,8 @@ fn refresh_and_store(
         Err(RefreshError::Transient(why)) => {
             journal.discard();
             // Recorded so that callers queued behind this refresh do not repeat it at once.
-            let now = crate::now_ms();
-            transact(cfg, |s| {
+            let now = crate::store::now_ms();
+            crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
                 if let Some(a) = s.accounts.iter_mut().find(|a| a.id == id) {
                     if a.refresh_token == used {
                         a.refresh_failed_at = Some(now);
@@ -210,13 +215,13 @@ fn store_answer(
     sync: Option<&FileSync>,
     journal: Journal,
 ) -> Result<Refreshed> {
-    let now = crate::now_ms();
+    let now = crate::store::now_ms();
     let usable = tok.access_token.is_some();
     let new = Creds {
         // Without a usable access token the old one stays, expired now, so that the next
         // call refreshes again with the new refresh token (files.md, Locking).
         expiry_date: match usable {
-            true => tok.expiry_date(now),
+            true => crate::store::clamp_time(tok.expiry_date(now)),
             false => current.expiry_date.min(now),
         },
         access_token: tok
@@ -238,7 +243,7 @@ fn store_answer(
     if let Some(s) = sync {
         s.write_back(used, &new);
     }
-    let stored = transact(cfg, |s| {
+    let stored = crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
         let Some(a) = s.accounts.iter_mut().find(|a| a.id == id) else {
             return Ok(None);
         };
@@ -290,7 +295,7 @@ fn fold_journal(cfg: &Config, id: &str) -> Result<()> {
     let Some(entry) = journal::pending(&cfg.dir, id)? else {
         return Ok(());
     };
-    let folded = transact(cfg, |s| {
+    let folded = crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
         Ok(match s.accounts.iter_mut().find(|a| a.id == id) {
             Some(a) if entry.spent(&a.refresh_token) => {
                 entry.creds.apply_to(a);
@@ -308,6 +313,39 @@ fn fold_journal(cfg: &Config, id: &str) -> Result<()> {
     // Best effort: a journal left behind is found spent next time and removed then.
     journal::remove(&cfg.dir, id);
     Ok(())
+}
+
+/// Lets `change` change account `id` under the store lock; the account as now stored when
+/// it did (returned true), else `None` (also when the account was removed meanwhile).
+fn update_account(
+    cfg: &Config,
+    id: &str,
+    change: impl FnOnce(&mut Account) -> bool,
+) -> Result<Option<Account>> {
+    crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+        let a = s.accounts.iter_mut().find(|a| a.id == id);
+        Ok(a.and_then(|a| change(a).then(|| a.clone())))
+    })
+}
+
+/// Says (at most once an hour, recorded in the store) that the Qwen CLI's directory cannot
+/// hold its lock.
+fn report_unwritable(cfg: &Config, dir: &std::path::Path, error: &str) {
+    let now = crate::store::now_ms();
+    let every = crate::qwen_cli::REPORT_UNWRITABLE_AGAIN_MS;
+    let due = crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+        let due = s
+            .qwen_dir_unwritable_warned_at
+            .is_none_or(|t| !(now - every..=now).contains(&t));
+        if due {
+            s.qwen_dir_unwritable_warned_at = Some(now);
+        }
+        Ok(due)
+    })
+    .unwrap_or(true);
+    if due {
+        crate::msg::warn(&crate::qwen_cli::unwritable_warning(dir, error));
+    }
 }
 
 /// The account as stored now; `None` once removed.

@@ -243,6 +243,42 @@ pub fn pick(store: &Store, policy: &Policy, now: i64, skip: &[String]) -> Pick {
     }
 }
 
+/// A pinned token (`--account`) counts as a use but does not move `current`.
+pub fn record_pinned(s: &mut Store, i: usize, now: i64) -> Account {
+    let a = &mut s.accounts[i];
+    a.total_requests = a.total_requests.saturating_add(1).min(MAX_COUNT);
+    a.last_used_at = Some(now);
+    a.clone()
+}
+
+/// Whether to start a detached `refresh --due`: another account is due and none was started
+/// within `interval_ms` (`proactive_refresh_check_interval_seconds`, recorded in the store).
+pub fn background_refresh_due(
+    s: &mut Store,
+    served: usize,
+    policy: &Policy,
+    now: i64,
+    interval_ms: i64,
+) -> bool {
+    if !policy.proactive_token_refresh {
+        return false;
+    }
+    if s.last_background_refresh_at
+        .is_some_and(|t| now - t < interval_ms && t <= now)
+    {
+        return false;
+    }
+    let due = s
+        .accounts
+        .iter()
+        .enumerate()
+        .any(|(j, a)| j != served && a.status == Status::Active && is_due(a, now, policy));
+    if due {
+        s.last_background_refresh_at = Some(now);
+    }
+    due
+}
+
 /// Books one served token: the account becomes current and its use is counted.
 pub fn record_use(store: &mut Store, idx: usize, now: i64) {
     let Some(a) = store.accounts.get_mut(idx) else {

@@ -11,6 +11,19 @@ pub const MAX_ACCOUNTS: usize = 10;
 /// The latest time a store may hold (end of year 9999, Unix ms): keeps every sum of times
 /// from overflowing and every time printable.
 pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+/// Now as Unix milliseconds, the one clock of the program (rotation takes it as an argument).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `t` made fit for the store: 0 to the end of year 9999.
+pub fn clamp_time(t: i64) -> i64 {
+    t.clamp(0, MAX_TIME_MS)
+}
+
 /// The largest counter a store may hold (JSON readers beyond this lose precision).
 pub const MAX_COUNT: u64 = i64::MAX as u64;
 
@@ -604,59 +617,41 @@ pub fn load(path: &Path) -> Result<Store> {
 /// Writes the store atomically. The caller holds the store lock and has re-read the file
 /// under it (files.md, Writing).
 pub fn save(path: &Path, store: &Store) -> Result<()> {
-    write_atomic(path, &store.to_json())
+    crate::files::write_locked(path, &store.to_json())
 }
 
-/// Creates a directory (and missing parents) with mode 0700.
-pub fn ensure_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io("cannot create directory", dir, e))
+/// The store of the pool in `dir`.
+pub fn path(dir: &Path) -> std::path::PathBuf {
+    dir.join("qwen-accounts.json")
 }
 
-/// Temp file in the same directory, 0600 from creation, fsync, rename, fsync the directory:
-/// a crash at any instant leaves the old file or the new one, whole. Temp files left by an
-/// earlier crash are removed first (callers hold the lock for `path`, so none is in use).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let prefix = format!(".{name}.tmp-");
-    ensure_dir(dir)?;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-    let tmp = dir.join(format!("{prefix}{}", std::process::id()));
-    let fail = |what: &str, e: std::io::Error| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(what, &tmp, e)
+/// The store's one way to change: lock it, re-read it, let `f` change it, write it back if it
+/// changed. Every writer goes through here, so no update is lost and nothing is written
+/// without the lock (files.md, Writing).
+pub fn update<T>(
+    dir: &Path,
+    lock_timeout: std::time::Duration,
+    f: impl FnOnce(&mut Store) -> Result<T>,
+) -> Result<T> {
+    let (out, saved) = update_lenient(dir, lock_timeout, f)?;
+    saved.map(|()| out)
+}
+
+/// As `update`, but a failed write (disk full, read-only directory) comes back beside `f`'s
+/// result instead of replacing it, for bookkeeping a caller can go on without.
+pub fn update_lenient<T>(
+    dir: &Path,
+    lock_timeout: std::time::Duration,
+    f: impl FnOnce(&mut Store) -> Result<T>,
+) -> Result<(T, Result<()>)> {
+    let path = path(dir);
+    let _held = crate::lock::store(dir, lock_timeout)?;
+    let before = load(&path)?;
+    let mut after = before.clone();
+    let out = f(&mut after)?;
+    let saved = match after != before {
+        true => save(&path, &after),
+        false => Ok(()),
     };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| Error::io("cannot create", &tmp, e))?;
-    f.write_all(bytes).map_err(|e| fail("cannot write", e))?;
-    f.sync_all().map_err(|e| fail("cannot sync", e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| fail("cannot replace", e))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    Ok((out, saved))
 }

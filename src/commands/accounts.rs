@@ -1,6 +1,5 @@
 //! Managing the pool by hand: `list`, `use`, `remove`, `import`.
 
-use super::transact;
 use crate::cli::{Import, List, Remove, Use};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -12,7 +11,7 @@ use std::path::PathBuf;
 pub fn list(cfg: &Config, args: &List) -> Result<()> {
     // Writes are atomic renames, so a plain read sees a whole file without the lock.
     let s = store::load(&cfg.store_path())?;
-    let now = crate::now_ms();
+    let now = crate::store::now_ms();
     if args.json {
         let items: Vec<Value> = s
             .accounts
@@ -127,7 +126,7 @@ fn account_json(s: &Store, a: &Account, now: i64) -> Value {
 }
 
 pub fn use_(cfg: &Config, args: &Use) -> Result<()> {
-    transact(cfg, |s| {
+    crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
         let i = s.find(&args.id)?;
         let id = s.accounts[i].id.clone();
         if s.current_account_id.as_deref() != Some(&id) {
@@ -144,7 +143,7 @@ pub fn remove(cfg: &Config, args: &Remove) -> Result<()> {
             "give account ids to remove, or --all (not both)".into(),
         ));
     }
-    transact(cfg, |s| {
+    crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
         let removed = if args.all {
             s.current_account_id = None;
             s.current_streak = 0;
@@ -176,59 +175,7 @@ pub fn import(cfg: &Config, args: &Import) -> Result<()> {
         .path
         .as_ref()
         .map_or_else(|| cfg.qwen_cli_file(), PathBuf::from);
-    let outcome = import_file(cfg, &path, args.email.as_deref())?;
+    let outcome = super::import_file(cfg, &path, args.email.as_deref())?;
     crate::msg::warn(&outcome);
     Ok(())
-}
-
-/// Adds (or updates) the account of a Qwen CLI file, linked to it; returns what happened.
-pub fn import_file(cfg: &Config, path: &std::path::Path, email: Option<&str>) -> Result<String> {
-    let creds = crate::qwen_cli::read(path)?;
-    // Linked by the path as given, not a symlink's target: the Qwen CLI replaces a symlink
-    // there with a regular file, and the link must hold (files.md).
-    let linked = crate::qwen_cli::as_given(path)
-        .to_string_lossy()
-        .into_owned();
-    let fp = creds.refresh_token.sha256_hex();
-    let now = crate::now_ms();
-    transact(cfg, |s| {
-        // Imported by hand: a login `remove` took out may be imported again on its own later.
-        if s.removed_qwen_cli_fp.as_ref() == Some(&fp) {
-            s.removed_qwen_cli_fp = None;
-        }
-        if let Some(i) = s.index_by_refresh_token(&creds.refresh_token) {
-            let a = &mut s.accounts[i];
-            if creds.expiry_date > a.expiry_date {
-                a.access_token = creds.access_token.clone();
-                a.expiry_date = creds.expiry_date;
-            }
-            if let Some(e) = email {
-                a.email = e.to_string();
-            }
-            if a.linked_file
-                .as_deref()
-                .is_some_and(|l| crate::qwen_cli::links_to(l, path))
-            {
-                a.linked_refresh_fp = Some(fp.clone());
-            }
-            return Ok(format!("{} is already account {}", path.display(), a.id));
-        }
-        let mut a = Account::new(
-            creds.access_token.clone(),
-            creds.refresh_token.clone(),
-            creds.expiry_date,
-            now,
-        );
-        a.token_type = creds.token_type.clone();
-        a.resource_url = creds.resource_url.clone();
-        a.email = email.unwrap_or_default().to_string();
-        a.linked_file = Some(linked.clone());
-        a.linked_refresh_fp = Some(fp.clone());
-        let i = s.add(a)?;
-        Ok(format!(
-            "imported {} as account {}",
-            path.display(),
-            s.accounts[i].id
-        ))
-    })
 }

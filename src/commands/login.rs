@@ -2,7 +2,6 @@
 //! account goes into the pool: updated in place when it is already there (which revives a
 //! revoked one), replacing one with `--replace`, or as the only one with `--fresh`.
 
-use super::transact;
 use crate::cli::Login;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -89,16 +88,18 @@ fn login(cfg: &Config, args: &Login) -> Result<()> {
         .and_then(oauth::email_from_id_token)
         .or_else(|| args.email.clone())
         .unwrap_or_default();
-    let now = crate::now_ms();
+    let now = crate::store::now_ms();
     // poll_device answers Done only with an access token.
     let access = tok.access_token.clone().ok_or_else(|| {
         Error::Login("the server approved the login but sent no access token; try again".into())
     })?;
-    let mut new = Account::new(access, refresh, tok.expiry_date(now), now);
+    let expiry = store::clamp_time(tok.expiry_date(now));
+    let mut new = Account::new(access, refresh, expiry, now);
     new.token_type = tok.token_type.clone();
     new.resource_url = tok.resource_url.clone();
     new.email = email;
-    let (id, email, label) = transact(cfg, |s| place(s, new, &slot, now))?;
+    let (id, email, label) =
+        crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| place(s, new, &slot, now))?;
     crate::msg::warn(&format!("signed in account {id} ({label})"));
     if args.json {
         emit(&json!({"event": "success", "account_id": id, "email": email, "label": label}))?;

@@ -1,4 +1,4 @@
-//! One file per command; this one dispatches and holds the store transaction they share.
+//! One file per command; this one dispatches and holds what several commands share.
 
 mod accounts;
 mod config;
@@ -11,7 +11,6 @@ mod token;
 use crate::cli::{Cli, Command};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::store::{self, Store};
 
 pub fn run(cli: Cli) -> Result<()> {
     if cli.version {
@@ -42,27 +41,48 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Lock the store, re-read it, let `f` change it, write it back if it changed. Every store
-/// update goes through here, so no update is lost and nothing is written without the lock.
-pub fn transact<T>(cfg: &Config, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
-    let (out, saved) = transact_lenient(cfg, f)?;
-    saved.map(|()| out)
+/// Every usable account is cooling down until `until`: wait for it when allowed and within
+/// `max_rate_limit_wait_seconds`, else exit 4 naming the time.
+pub fn wait_for_reset(cfg: &Config, until: i64, no_wait: bool) -> Result<()> {
+    use std::io::IsTerminal;
+    let now = crate::store::now_ms();
+    let ms = (until - now).max(0);
+    let secs = (ms + 999) / 1000;
+    let max_ms = cfg.int("max_rate_limit_wait_seconds") as i64 * 1000;
+    if no_wait || ms > max_ms {
+        return Err(Error::RateLimited(format!(
+            "every usable account is cooling down; the soonest is free at {} (in {secs} s)",
+            crate::msg::rfc3339(until)
+        )));
+    }
+    crate::msg::warn(&format!(
+        "every usable account is cooling down; waiting {secs} s until {}",
+        crate::msg::rfc3339(until)
+    ));
+    let end = std::time::Instant::now() + std::time::Duration::from_millis(ms as u64);
+    let tty = std::io::stderr().is_terminal();
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if tty {
+            eprint!("\rqwen-cred: {} s left ", left.as_secs() + 1);
+        }
+        std::thread::sleep(left.min(std::time::Duration::from_secs(1)));
+    }
+    if tty {
+        eprintln!();
+    }
+    Ok(())
 }
 
-/// As `transact`, but a failed write (disk full, read-only directory) comes back beside `f`'s
-/// result instead of replacing it, for bookkeeping a caller can go on without.
-pub fn transact_lenient<T>(
-    cfg: &Config,
-    f: impl FnOnce(&mut Store) -> Result<T>,
-) -> Result<(T, Result<()>)> {
-    let path = cfg.store_path();
-    let _held = crate::lock::store(&cfg.dir, cfg.lock_timeout())?;
-    let before = store::load(&path)?;
-    let mut after = before.clone();
-    let out = f(&mut after)?;
-    let saved = match after != before {
-        true => store::save(&path, &after),
-        false => Ok(()),
-    };
-    Ok((out, saved))
+/// Adds (or updates) the account of a Qwen CLI file, linked to it (`import`, and `token` on
+/// an empty pool); returns what happened.
+pub fn import_file(cfg: &Config, path: &std::path::Path, email: Option<&str>) -> Result<String> {
+    let creds = crate::qwen_cli::read(path)?;
+    let now = crate::store::now_ms();
+    crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+        crate::qwen_cli::import(s, path, &creds, email, now)
+    })
 }

@@ -95,9 +95,9 @@ fn install_plugin(path: &Path, dry: bool) -> Result<Step> {
     };
     if !dry {
         if let Some(dir) = path.parent() {
-            crate::store::ensure_dir(dir)?;
+            crate::files::ensure_dir(dir)?;
         }
-        crate::store::write_atomic(path, PLUGIN.as_bytes())?;
+        crate::files::write_atomic(path, PLUGIN.as_bytes())?;
     }
     Ok(step)
 }
@@ -185,12 +185,12 @@ fn write_config(dir: &Path, block: &Value, dry: bool) -> Result<()> {
     }
     let mode = std::fs::metadata(&target).ok().map(|m| m.permissions());
     if let (Some(b), Some(bytes)) = (&backup, &old) {
-        crate::store::write_atomic(b, bytes)?;
+        crate::files::write_atomic(b, bytes)?;
         if let Some(m) = &mode {
             let _ = std::fs::set_permissions(b, m.clone());
         }
     }
-    crate::store::write_atomic(&target, new_text.as_bytes())?;
+    crate::files::write_atomic(&target, new_text.as_bytes())?;
     if let Some(m) = mode {
         std::fs::set_permissions(&target, m)
             .map_err(|e| Error::io("cannot set the permissions of", &target, e))?;
@@ -251,7 +251,7 @@ fn write_auth_marker(file: &Path, dry: bool) -> Result<()> {
     text.push('\n');
     // Write through a symlink (dotfile managers) instead of replacing it with a copy.
     let target = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-    crate::store::write_atomic(&target, text.as_bytes())?;
+    crate::files::write_atomic(&target, text.as_bytes())?;
     msg::warn(&format!(
         "added the qwen-cred marker for \"{PROVIDER_ID}\" to {} (OpenCode then asks qwen-cred for every token)",
         file.display()

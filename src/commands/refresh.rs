@@ -21,7 +21,7 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
         ));
     }
     let policy = cfg.rotation_policy();
-    let now = crate::now_ms();
+    let now = crate::store::now_ms();
     // A snapshot is enough to choose; each refresh re-reads under its locks.
     let s = store::load(&cfg.store_path())?;
     let targets: Vec<Account> = if let Some(id) = &args.account {
@@ -37,7 +37,7 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
     } else {
         match s.current_account_id.as_deref().map(|c| s.find_id(c)) {
             Some(Ok(i)) => vec![s.accounts[i].clone()],
-            _ => return Err(super::token::no_account(&[])),
+            _ => return Err(Error::no_account(&[])),
         }
     };
     let (mut failed, mut revoked) = (0, 0);
@@ -55,7 +55,8 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
             ));
             continue;
         }
-        let needed = |cur: &Account| args.force || rotation::is_due(cur, crate::now_ms(), &policy);
+        let needed =
+            |cur: &Account| args.force || rotation::is_due(cur, crate::store::now_ms(), &policy);
         match refresh_account(cfg, &a.id, &a.access_token, &needed, cfg.lock_timeout())? {
             Refreshed::Fresh(a) => warn(&format!("{name}: valid until {}", rfc3339(a.expiry_date))),
             Refreshed::Revoked => revoked += 1,

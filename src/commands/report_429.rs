@@ -1,7 +1,6 @@
 //! `qwen-cred report-429`: classify a rate limit and mark the account (rotation.md).
 
-use super::token::{no_account, wait_for_reset};
-use super::transact;
+use super::wait_for_reset;
 use crate::cli::Report429;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -14,7 +13,7 @@ const MAX_RETRY_AFTER_SECS: u64 = 7 * 86_400;
 
 pub fn run(cfg: &Config, args: &Report429) -> Result<()> {
     let policy = cfg.rotation_policy();
-    let now = crate::now_ms();
+    let now = crate::store::now_ms();
     let retry_after = args
         .retry_after
         .as_deref()
@@ -39,26 +38,27 @@ pub fn run(cfg: &Config, args: &Report429) -> Result<()> {
         quota: rotation::is_quota_body(&body),
     };
     let who = args.account.clone().or_else(|| cfg.account_id_env.clone());
-    let (outcome, id, soonest, any_usable) = transact(cfg, |s| {
-        if s.accounts.is_empty() {
-            return Err(no_account(&[]));
-        }
-        let i = match &who {
-            Some(id) => s.find(id)?,
-            None => match s.current_account_id.as_deref().map(|c| s.find_id(c)) {
-                Some(Ok(i)) => i,
-                _ => {
-                    return Err(Error::Usage(
-                        "no account to report: give --account ID".into(),
-                    ))
-                }
-            },
-        };
-        let id = s.accounts[i].id.clone();
-        let outcome = rotation::report_429(s, i, &report, &policy, now);
-        let any_usable = s.accounts.iter().any(|a| rotation::is_usable(a, now));
-        Ok((outcome, id, rotation::soonest_reset(s, now), any_usable))
-    })?;
+    let (outcome, id, soonest, any_usable) =
+        crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+            if s.accounts.is_empty() {
+                return Err(Error::no_account(&[]));
+            }
+            let i = match &who {
+                Some(id) => s.find(id)?,
+                None => match s.current_account_id.as_deref().map(|c| s.find_id(c)) {
+                    Some(Ok(i)) => i,
+                    _ => {
+                        return Err(Error::Usage(
+                            "no account to report: give --account ID".into(),
+                        ))
+                    }
+                },
+            };
+            let id = s.accounts[i].id.clone();
+            let outcome = rotation::report_429(s, i, &report, &policy, now);
+            let any_usable = s.accounts.iter().any(|a| rotation::is_usable(a, now));
+            Ok((outcome, id, rotation::soonest_reset(s, now), any_usable))
+        })?;
     match outcome {
         Outcome::SleepThenRetry { ms } => {
             crate::msg::debug(&format!(
@@ -81,7 +81,7 @@ pub fn run(cfg: &Config, args: &Report429) -> Result<()> {
             }
             match soonest {
                 Some(until) => wait_for_reset(cfg, until, args.no_wait),
-                None => Err(no_account(&[])),
+                None => Err(Error::no_account(&[])),
             }
         }
     }

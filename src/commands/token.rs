@@ -1,7 +1,6 @@
 //! `qwen-cred token`: pick an account (rotation.md), refresh it if needed, record the use and
 //! print its token. Also the wait-for-reset rule that `report-429` shares.
 
-use super::{transact, transact_lenient};
 use crate::cli::{Format, Token};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -37,9 +36,10 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
     let mut deferred: Vec<String> = Vec::new();
     let mut patient = false;
     loop {
-        let now = crate::now_ms();
-        let (step, saved) =
-            transact_lenient(cfg, |s| decide(cfg, s, args, &policy, now, &skip, imported))?;
+        let now = crate::store::now_ms();
+        let (step, saved) = crate::store::update_lenient(&cfg.dir, cfg.lock_timeout(), |s| {
+            decide(cfg, s, args, &policy, now, &skip, imported)
+        })?;
         if let Err(e) = saved {
             // Only serving writes (the use, the rotation): a token is worth more than a count.
             let Step::Serve(a, _) = &step else {
@@ -55,7 +55,7 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
             Step::Import => {
                 imported = true;
                 let file = cfg.qwen_cli_file();
-                let what = super::accounts::import_file(cfg, &file, None)?;
+                let what = super::import_file(cfg, &file, None)?;
                 crate::msg::warn(&format!("the pool was empty: {what}"));
             }
             Step::Wait(_) | Step::Unavailable(_) if !deferred.is_empty() => {
@@ -63,10 +63,10 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                 deferred.clear();
                 patient = true;
             }
-            Step::Wait(until) => wait_for_reset(cfg, until, args.no_wait)?,
+            Step::Wait(until) => super::wait_for_reset(cfg, until, args.no_wait)?,
             Step::Unavailable(revoked) => {
                 if failures.is_empty() {
-                    return Err(no_account(&revoked));
+                    return Err(Error::no_account(&revoked));
                 }
                 let what = format!(
                     "no account could be refreshed ({})",
@@ -98,7 +98,8 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
             }
             Step::Refresh { id, need, seen, .. } => {
                 let still = |a: &Account| {
-                    rotation::needs_refresh(a, crate::now_ms(), args.min_valid, &policy).is_some()
+                    rotation::needs_refresh(a, crate::store::now_ms(), args.min_valid, &policy)
+                        .is_some()
                 };
                 // A due token is still valid: if another process is refreshing it, serve it
                 // rather than wait; an expired one waits up to lock_timeout_seconds.
@@ -115,7 +116,7 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                         continue;
                     }
                     Refreshed::Revoked | Refreshed::Gone if args.account.is_some() => {
-                        return Err(no_account(&[id]));
+                        return Err(Error::no_account(&[id]));
                     }
                     // Marked revoked, or removed meanwhile: never tried again in this call.
                     Refreshed::Revoked | Refreshed::Gone => {
@@ -188,7 +189,7 @@ fn decide(
                     seen: a.access_token.clone(),
                     cli_busy: false,
                 },
-                None => Step::Serve(Box::new(record_pinned(s, i, now)), false),
+                None => Step::Serve(Box::new(rotation::record_pinned(s, i, now)), false),
             },
         );
     }
@@ -204,7 +205,8 @@ fn decide(
                 });
             }
             rotation::record_use(s, i, now);
-            let spawn = background_refresh_due(cfg, s, i, policy, now);
+            let interval_ms = cfg.int("proactive_refresh_check_interval_seconds") as i64 * 1000;
+            let spawn = rotation::background_refresh_due(s, i, policy, now, interval_ms);
             Ok(Step::Serve(Box::new(s.accounts[i].clone()), spawn))
         }
         Pick::AllCooling { soonest_ms } => Ok(Step::Wait(soonest_ms)),
@@ -225,44 +227,6 @@ fn decide(
     }
 }
 
-/// A pinned token (`--account`) counts as a use but does not move `current`.
-fn record_pinned(s: &mut Store, i: usize, now: i64) -> Account {
-    let a = &mut s.accounts[i];
-    a.total_requests = a
-        .total_requests
-        .saturating_add(1)
-        .min(crate::store::MAX_COUNT);
-    a.last_used_at = Some(now);
-    a.clone()
-}
-
-/// Whether to start a detached `refresh --due`: another account is due and none was started
-/// within `proactive_refresh_check_interval_seconds` (recorded in the store).
-fn background_refresh_due(
-    cfg: &Config,
-    s: &mut Store,
-    served: usize,
-    policy: &Policy,
-    now: i64,
-) -> bool {
-    if !policy.proactive_token_refresh {
-        return false;
-    }
-    let interval = cfg.int("proactive_refresh_check_interval_seconds") as i64 * 1000;
-    if s.last_background_refresh_at
-        .is_some_and(|t| now - t < interval && t <= now)
-    {
-        return false;
-    }
-    let due = s.accounts.iter().enumerate().any(|(j, a)| {
-        j != served && a.status == Status::Active && rotation::is_due(a, now, policy)
-    });
-    if due {
-        s.last_background_refresh_at = Some(now);
-    }
-    due
-}
-
 /// After a refresh (`fresh`: ours or adopted; `None`: none happened and the stored token is
 /// still valid), record the use of account `id` and serve it. `false` when the account was
 /// removed or revoked meanwhile: the caller moves on.
@@ -272,8 +236,8 @@ fn serve_after_refresh(
     id: &str,
     fresh: Option<&Account>,
 ) -> Result<bool> {
-    let now = crate::now_ms();
-    let recorded = transact(cfg, |s| {
+    let now = crate::store::now_ms();
+    let recorded = crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
         let Some(i) = s.accounts.iter().position(|a| a.id == id) else {
             return Ok(None);
         };
@@ -281,7 +245,7 @@ fn serve_after_refresh(
             return Ok(None);
         }
         Ok(Some(if args.account.is_some() {
-            record_pinned(s, i, now)
+            rotation::record_pinned(s, i, now)
         } else {
             rotation::record_use(s, i, now);
             s.accounts[i].clone()
@@ -395,52 +359,4 @@ fn spawn_refresh_due() {
         )),
         Err(e) => crate::msg::debug(&format!("cannot start background refresh: {e}")),
     }
-}
-
-/// No account can serve: exit 3, naming the revoked ones.
-pub fn no_account(revoked: &[String]) -> Error {
-    if revoked.is_empty() {
-        Error::NoAccount("no account can serve: the pool is empty; run qwen-cred login".into())
-    } else {
-        Error::NoAccount(format!(
-            "no account can serve: revoked: {}; run qwen-cred login",
-            revoked.join(", ")
-        ))
-    }
-}
-
-/// Every usable account is cooling down until `until`: wait for it when allowed and within
-/// `max_rate_limit_wait_seconds`, else exit 4 naming the time.
-pub fn wait_for_reset(cfg: &Config, until: i64, no_wait: bool) -> Result<()> {
-    use std::io::IsTerminal;
-    let now = crate::now_ms();
-    let ms = (until - now).max(0);
-    let secs = (ms + 999) / 1000;
-    let max_ms = cfg.int("max_rate_limit_wait_seconds") as i64 * 1000;
-    if no_wait || ms > max_ms {
-        return Err(Error::RateLimited(format!(
-            "every usable account is cooling down; the soonest is free at {} (in {secs} s)",
-            rfc3339(until)
-        )));
-    }
-    crate::msg::warn(&format!(
-        "every usable account is cooling down; waiting {secs} s until {}",
-        rfc3339(until)
-    ));
-    let end = std::time::Instant::now() + std::time::Duration::from_millis(ms as u64);
-    let tty = std::io::stderr().is_terminal();
-    loop {
-        let left = end.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        if tty {
-            eprint!("\rqwen-cred: {} s left ", left.as_secs() + 1);
-        }
-        std::thread::sleep(left.min(std::time::Duration::from_secs(1)));
-    }
-    if tty {
-        eprintln!();
-    }
-    Ok(())
 }
