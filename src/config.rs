@@ -345,6 +345,23 @@ impl Config {
         }
     }
 
+    /// The Qwen CLI file to keep linked accounts in step with: `None` without
+    /// `sync_qwen_cli`.
+    pub fn synced_qwen_cli_file(&self) -> Option<PathBuf> {
+        self.bool("sync_qwen_cli").then(|| self.qwen_cli_file())
+    }
+
+    pub fn refresh_settings(&self) -> crate::refresh::Settings {
+        crate::refresh::Settings {
+            dir: self.dir.clone(),
+            lock_timeout: self.lock_timeout(),
+            qwen_cli_file: self.synced_qwen_cli_file(),
+            oauth: self.oauth_settings(),
+            retry_attempts: self.int("token_refresh_retry_attempts"),
+            retry_delay: Duration::from_millis(self.int("token_refresh_retry_delay_ms")),
+        }
+    }
+
     pub fn oauth_settings(&self) -> crate::oauth::Settings {
         crate::oauth::Settings {
             oauth_base_url: self.str("oauth_base_url").trim_end_matches('/').to_string(),

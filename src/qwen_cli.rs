@@ -10,7 +10,6 @@
 //! 400 it deletes the file); the file is replaced atomically through a `<file>.<hex>.tmp` temp
 //! file with mode 0600, by the path itself (a symlink there is replaced, not followed).
 
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::store::{Account, Store};
@@ -167,10 +166,11 @@ pub fn import(
 /// Whether the Qwen CLI holds its lock on the file `a` is kept in step with (a live lock,
 /// at most 35 s old): its refresh of the shared token may be in flight, so ours must not
 /// start.
-pub fn cli_is_refreshing(cfg: &Config, a: &Account) -> bool {
-    let file = cfg.qwen_cli_file();
-    cfg.bool("sync_qwen_cli")
-        && a.linked_file.as_deref().is_some_and(|l| links_to(l, &file))
+pub fn cli_is_refreshing(file: Option<&Path>, a: &Account) -> bool {
+    let Some(file) = file else {
+        return false;
+    };
+    a.linked_file.as_deref().is_some_and(|l| links_to(l, file))
         && lock_age(&file.with_file_name(LOCK_FILE)).is_some_and(|age| age <= STALE)
 }
 
@@ -178,11 +178,10 @@ pub fn cli_is_refreshing(cfg: &Config, a: &Account) -> bool {
 /// its file, or holding the token that file holds): the fingerprint of the refresh token the
 /// file holds now (else of the removed account's), so that `token` does not import that login
 /// again on its own. `None` when no removed account came from there.
-pub fn removed_login(cfg: &Config, removed: &[Account]) -> Option<String> {
-    let file = cfg.qwen_cli_file();
-    let in_file = read(&file).ok().map(|c| c.refresh_token);
+pub fn removed_login(file: &Path, removed: &[Account]) -> Option<String> {
+    let in_file = read(file).ok().map(|c| c.refresh_token);
     let gone = removed.iter().find(|a| {
-        a.linked_file.as_deref().is_some_and(|l| links_to(l, &file))
+        a.linked_file.as_deref().is_some_and(|l| links_to(l, file))
             || in_file.as_ref() == Some(&a.refresh_token)
     })?;
     Some(in_file.as_ref().unwrap_or(&gone.refresh_token).sha256_hex())
@@ -240,11 +239,11 @@ impl FileSync {
     /// cannot hold ours (read-only, permissions): the shared token is never refreshed without
     /// that lock, so the caller serves what it can without refreshing.
     pub fn begin(
-        cfg: &Config,
+        file: &Path,
         a: &Account,
         wait: Duration,
     ) -> Result<std::result::Result<Option<FileSync>, Busy>> {
-        let file = as_given(&cfg.qwen_cli_file());
+        let file = as_given(file);
         let Some(linked) = a.linked_file.as_deref() else {
             return Ok(Ok(None));
         };

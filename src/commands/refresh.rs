@@ -40,6 +40,7 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
             _ => return Err(Error::no_account(&[])),
         }
     };
+    let settings = cfg.refresh_settings();
     let (mut failed, mut revoked) = (0, 0);
     for a in &targets {
         let name = format!("account {} ({})", a.id, a.label());
@@ -57,7 +58,13 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
         }
         let needed =
             |cur: &Account| args.force || rotation::is_due(cur, crate::store::now_ms(), &policy);
-        match refresh_account(cfg, &a.id, &a.access_token, &needed, cfg.lock_timeout())? {
+        match refresh_account(
+            &settings,
+            &a.id,
+            &a.access_token,
+            &needed,
+            cfg.lock_timeout(),
+        )? {
             Refreshed::Fresh(a) => warn(&format!("{name}: valid until {}", rfc3339(a.expiry_date))),
             Refreshed::Revoked => revoked += 1,
             // Not a failure: the user removed it while we were at it.

@@ -107,25 +107,26 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                     Need::Due => std::time::Duration::ZERO,
                     Need::Expired => cfg.lock_timeout(),
                 };
-                let (why, busy) = match refresh_account(cfg, &id, &seen, &still, wait)? {
-                    Refreshed::Fresh(a) => {
-                        if serve_after_refresh(cfg, args, &id, Some(&a))? {
-                            return Ok(());
+                let (why, busy) =
+                    match refresh_account(&cfg.refresh_settings(), &id, &seen, &still, wait)? {
+                        Refreshed::Fresh(a) => {
+                            if serve_after_refresh(cfg, args, &id, Some(&a))? {
+                                return Ok(());
+                            }
+                            skip.push(id);
+                            continue;
                         }
-                        skip.push(id);
-                        continue;
-                    }
-                    Refreshed::Revoked | Refreshed::Gone if args.account.is_some() => {
-                        return Err(Error::no_account(&[id]));
-                    }
-                    // Marked revoked, or removed meanwhile: never tried again in this call.
-                    Refreshed::Revoked | Refreshed::Gone => {
-                        skip.push(id);
-                        continue;
-                    }
-                    Refreshed::Busy(why) => (why, true),
-                    Refreshed::Failed(why) => (why, false),
-                };
+                        Refreshed::Revoked | Refreshed::Gone if args.account.is_some() => {
+                            return Err(Error::no_account(&[id]));
+                        }
+                        // Marked revoked, or removed meanwhile: never tried again in this call.
+                        Refreshed::Revoked | Refreshed::Gone => {
+                            skip.push(id);
+                            continue;
+                        }
+                        Refreshed::Busy(why) => (why, true),
+                        Refreshed::Failed(why) => (why, false),
+                    };
                 // Not refreshed now. A due token is still valid: serve it (quietly when
                 // another process is busy refreshing it).
                 if matches!(need, Need::Due) {
@@ -201,7 +202,11 @@ fn decide(
                     id: a.id.clone(),
                     need,
                     seen: a.access_token.clone(),
-                    cli_busy: need == Need::Expired && crate::qwen_cli::cli_is_refreshing(cfg, a),
+                    cli_busy: need == Need::Expired
+                        && crate::qwen_cli::cli_is_refreshing(
+                            cfg.synced_qwen_cli_file().as_deref(),
+                            a,
+                        ),
                 });
             }
             rotation::record_use(s, i, now);
