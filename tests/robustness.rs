@@ -1105,3 +1105,44 @@ fn login_retries_poll_faults_and_a_failing_device_endpoint_is_exit_5() {
         );
     }
 }
+
+// --- hostile files, huge numbers, stdout (issue 9) ---
+
+/// stdout that cannot be written (`> /dev/full`) is exit 6 saying so, not "a bug"; a closed
+/// stdout (broken pipe) is not an error.
+#[test]
+fn a_full_stdout_is_exit_6_and_a_closed_one_is_fine() {
+    let env = Env::new();
+    env.write_store(&store_with(1));
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let o = env.cmd(&["token"]).stdout(full).output().expect("run");
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(6), "{err}");
+    assert!(
+        err.starts_with("qwen-cred: cannot write to stdout: No space left on device")
+            && err.lines().count() == 1
+            && !err.contains("bug")
+            && !err.contains("at-1"),
+        "{err}"
+    );
+
+    // A pipe whose reader is gone before qwen-cred writes.
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe(2) fills in.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (read, write) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    drop(read);
+    let o = env.cmd(&["token"]).stdout(write).output().expect("run");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr), "");
+}
