@@ -1146,3 +1146,43 @@ fn a_full_stdout_is_exit_6_and_a_closed_one_is_fine() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(text(&o.stderr), "");
 }
+
+/// A lock file replaced by a symlink is refused (exit 6 naming it) and what it points to is
+/// never created: the store lock and a refresh lock.
+#[test]
+fn a_symlinked_lock_file_is_refused_and_its_target_not_created() {
+    let mock = Mock::start();
+    mock.add_account("rt-1", "at-1");
+    let env = Env::with_mock(&mock);
+    env.write_store(&store_with(2));
+    let before = read_store_bytes(&env);
+    let target = env.root.join("planted");
+    let lock = env.config_dir().join("qwen-accounts.lock");
+    std::os::unix::fs::symlink(&target, &lock).expect("symlink");
+    for args in [&["use", "2"][..], &["token"]] {
+        let (_, err) = env.expect(args, 6);
+        assert!(
+            err.contains("qwen-accounts.lock")
+                && err.contains("is a symbolic link")
+                && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+        assert!(!target.exists(), "{args:?} created the link's target");
+    }
+    assert_eq!(read_store_bytes(&env), before);
+    std::fs::remove_file(&lock).expect("rm");
+
+    // The refresh lock of an expired account 1.
+    let mut s = store_with(1);
+    s["accounts"][0] = account("1", "at-1", "rt-1", -10);
+    env.write_store(&s);
+    let refresh_lock = env.config_dir().join("qwen-accounts.refresh-1.lock");
+    std::os::unix::fs::symlink(&target, &refresh_lock).expect("symlink");
+    let (_, err) = env.expect(&["token"], 6);
+    assert!(
+        err.contains("qwen-accounts.refresh-1.lock") && err.contains("is a symbolic link"),
+        "{err}"
+    );
+    assert!(!target.exists());
+    assert_eq!(mock.count_refreshes(), 0, "no refresh without its lock");
+}
