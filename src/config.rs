@@ -270,8 +270,12 @@ impl Config {
         }
         .join("opencode/auth.json");
         let config_path = dir.join("qwen.json");
+        warn_if_open_to_others(&dir);
         let file = read_config_file(&config_path)?;
-        let values = resolve(&config_path, &file, |k| env(&env_name(k)))?;
+        let (values, warnings) = resolve(&config_path, &file, |k| env(&env_name(k)))?;
+        for w in warnings {
+            crate::msg::warn(&w);
+        }
         Ok(Config {
             values,
             dir,
@@ -381,14 +385,35 @@ pub fn env_name(key: &str) -> String {
     format!("QWEN_CRED_{}", key.to_ascii_uppercase())
 }
 
-/// A missing config file is an empty one.
+/// The largest `qwen.json` read: a config is a few hundred bytes.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// A missing config file is an empty one. Anything but a regular file (a FIFO would block
+/// every command, a device would be read without end) or a file over 1 MiB is exit 6 before
+/// a byte is read. A symlink is followed: the file is only read, and dotfile managers link it.
 fn read_config_file(path: &Path) -> Result<Map<String, Value>> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Map::new()),
-        Err(e) => return Err(Error::io("cannot read", path, e)),
-    };
-    parse_config_file(&text, path)
+    match crate::store::read_regular(path, MAX_CONFIG_BYTES, "a config")? {
+        None => Ok(Map::new()),
+        Some((text, _)) => parse_config_file(&text, path),
+    }
+}
+
+/// Says once (one line) when the config directory can be written by group or others: they
+/// could swap the store, its locks or the config.
+fn warn_if_open_to_others(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.permissions().mode();
+        if meta.is_dir() && mode & 0o022 != 0 {
+            crate::msg::warn(&format!(
+                "{} is writable by {} (mode {:04o}): they could replace the account store or its locks; run chmod 700 {}",
+                dir.display(),
+                if mode & 0o002 != 0 { "others" } else { "the group" },
+                mode & 0o7777,
+                dir.display()
+            ));
+        }
+    }
 }
 
 /// The config file's bytes as a JSON object; `path` only names the file in errors.
@@ -417,17 +442,31 @@ fn parse_config_file(text: &[u8], path: &Path) -> Result<Map<String, Value>> {
     }
 }
 
-/// Applies env > file > default for every key, validating each value.
+/// The effective values, in table order, with where each came from.
+type Resolved = Vec<(&'static str, Value, Source)>;
+
+/// Applies env > file > default for every key, validating each value. Also returns one
+/// warning line per unknown key of the file (`$schema` is for editors and is not one).
 fn resolve(
     path: &Path,
     file: &Map<String, Value>,
     env_of: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<(&'static str, Value, Source)>> {
-    if let Some(unknown) = file.keys().find(|k| !KEYS.iter().any(|key| key.name == *k)) {
-        return Err(Error::File(format!(
-            "{}: unknown key \"{unknown}\" (see qwen-cred config --schema)",
-            path.display()
-        )));
+) -> Result<(Resolved, Vec<String>)> {
+    let unknown: Vec<&String> = file
+        .keys()
+        .filter(|k| *k != "$schema" && !KEYS.iter().any(|key| key.name == *k))
+        .collect();
+    let mut warnings: Vec<String> = unknown
+        .iter()
+        .take(MAX_UNKNOWN_WARNINGS)
+        .map(|k| unknown_key_warning(path, k))
+        .collect();
+    if unknown.len() > MAX_UNKNOWN_WARNINGS {
+        warnings.push(format!(
+            "{}: {} more unknown keys ignored",
+            path.display(),
+            unknown.len() - MAX_UNKNOWN_WARNINGS
+        ));
     }
     let mut out = Vec::with_capacity(KEYS.len());
     for key in KEYS {
@@ -453,7 +492,84 @@ fn resolve(
         }
         out.push((key.name, value, source));
     }
-    Ok(out)
+    Ok((out, warnings))
+}
+
+/// Unknown keys named one per line, up to this many; the rest are counted.
+const MAX_UNKNOWN_WARNINGS: usize = 5;
+
+/// `qwen.json: unknown key "lock_timeout" ignored; did you mean "lock_timeout_seconds"?`
+fn unknown_key_warning(path: &Path, unknown: &str) -> String {
+    // `{:?}` escapes control characters: the warning stays one line. A long key is cut.
+    let shown: String = unknown.chars().take(MAX_KEY_CHARS).collect();
+    let cut = if shown.len() < unknown.len() {
+        "..."
+    } else {
+        ""
+    };
+    let head = format!("{}: unknown key {shown:?}{cut} ignored", path.display());
+    match nearest_key(unknown) {
+        (near, true) => format!("{head}; did you mean {near:?}?"),
+        (near, false) => {
+            format!("{head} (the nearest known key is {near:?}; see qwen-cred config --schema)")
+        }
+    }
+}
+
+/// The known key nearest to `unknown`, and whether it is close enough to be the one meant:
+/// a few edits away, or `unknown` is its start (a unit suffix left off: `lock_timeout`).
+fn nearest_key(unknown: &str) -> (&'static str, bool) {
+    let u: String = unknown
+        .trim()
+        .chars()
+        .take(MAX_KEY_CHARS)
+        .map(|c| {
+            if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    let mut best = (KEYS[0].name, usize::MAX);
+    for key in KEYS {
+        let d = edit_distance(&u, key.name);
+        if d < best.1 {
+            best = (key.name, d);
+        }
+    }
+    let (near, d) = best;
+    let longer = u.chars().count().max(near.len());
+    if d <= 2 || d * 3 <= longer {
+        return (near, true);
+    }
+    // A unique key that starts with what was typed (at least a word of it).
+    let mut starting = KEYS
+        .iter()
+        .filter(|k| u.len() >= 4 && k.name.starts_with(&u));
+    match (starting.next(), starting.next()) {
+        (Some(k), None) => (k.name, true),
+        _ => (near, false),
+    }
+}
+
+/// How much of an unknown key is shown and compared: keys are at most 40 characters.
+const MAX_KEY_CHARS: usize = 80;
+
+/// Levenshtein distance over chars (insert, delete, substitute).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
 }
 
 /// `qwen.json` bytes plus an environment, through the same steps as `Config::load`: the one
@@ -462,9 +578,9 @@ fn resolve(
 pub(crate) fn parse_config_text(
     bytes: &[u8],
     env_of: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<(&'static str, Value, Source)>> {
+) -> Result<Resolved> {
     let path = Path::new("qwen.json");
-    resolve(path, &parse_config_file(bytes, path)?, env_of)
+    resolve(path, &parse_config_file(bytes, path)?, env_of).map(|(values, _)| values)
 }
 
 fn bad(name: &str, value: &str, key: &Key) -> Error {
@@ -558,8 +674,8 @@ pub fn schema() -> Value {
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "qwen-cred configuration (qwen.json)",
+        "description": "Every key is optional. \"$schema\" is ignored; any other key not listed here is ignored with a warning naming the nearest known key.",
         "type": "object",
-        "additionalProperties": false,
         "properties": props,
     })
 }
@@ -568,10 +684,7 @@ pub fn schema() -> Value {
 mod tests {
     use super::*;
 
-    fn resolve_with(
-        file: Value,
-        envs: &[(&str, &str)],
-    ) -> Result<Vec<(&'static str, Value, Source)>> {
+    fn resolve_warn(file: Value, envs: &[(&str, &str)]) -> Result<(Resolved, Vec<String>)> {
         let Value::Object(m) = file else {
             unreachable!()
         };
@@ -580,6 +693,112 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
         })
+    }
+
+    fn resolve_with(file: Value, envs: &[(&str, &str)]) -> Result<Resolved> {
+        resolve_warn(file, envs).map(|(values, _)| values)
+    }
+
+    fn warnings(file: Value) -> Vec<String> {
+        match resolve_warn(file, &[]) {
+            Ok((_, w)) => w,
+            Err(e) => vec![format!("refused: {e}")],
+        }
+    }
+
+    #[test]
+    fn schema_key_is_ignored_and_unknown_keys_warn_naming_the_nearest() {
+        assert_eq!(
+            warnings(json!({"$schema": "https://example.com/qwen.json", "scope": "x"})),
+            Vec::<String>::new()
+        );
+        let cases = [
+            ("lock_timeout", "did you mean \"lock_timeout_seconds\"?"),
+            (
+                "lock_timeout_secs",
+                "did you mean \"lock_timeout_seconds\"?",
+            ),
+            (
+                "http-timeout-seconds",
+                "did you mean \"http_timeout_seconds\"?",
+            ),
+            ("Sync_Qwen_CLI", "did you mean \"sync_qwen_cli\"?"),
+            (
+                "acount_selection_strategy",
+                "did you mean \"account_selection_strategy\"?",
+            ),
+            ("clientid", "did you mean \"client_id\"?"),
+            ("$schemas", "nearest known key is"),
+            ("max_accounts", "nearest known key is"),
+            ("zzz", "nearest known key is"),
+        ];
+        for (key, says) in cases {
+            let w = warnings(json!({ key: 1 }));
+            assert_eq!(w.len(), 1, "{key}: {w:?}");
+            assert!(
+                w[0].starts_with(&format!("qwen.json: unknown key {key:?} ignored"))
+                    && w[0].contains(says)
+                    && !w[0].contains('\n'),
+                "{key}: {w:?}"
+            );
+        }
+        // A far-off key is named as the nearest, never as the one meant.
+        let w = warnings(json!({"max_accounts": 1}));
+        assert!(!w[0].contains("did you mean"), "{w:?}");
+        // Known keys still validate next to unknown ones.
+        let e = resolve_with(json!({"typo": 1, "http_timeout_seconds": 0}), &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("http_timeout_seconds: invalid value \"0\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn many_or_long_unknown_keys_stay_a_few_short_lines() {
+        let mut m = Map::new();
+        for i in 0..1000 {
+            m.insert(format!("key_{i}"), json!(i));
+        }
+        let long = "x".repeat(100_000);
+        m.insert(long.clone(), json!(1));
+        m.insert("bell\u{7}\nline".into(), json!(1));
+        let w = warnings(Value::Object(m));
+        assert_eq!(w.len(), MAX_UNKNOWN_WARNINGS + 1, "{w:?}");
+        assert!(w
+            .last()
+            .is_some_and(|l| l.contains("997 more unknown keys ignored")));
+        assert!(
+            w.iter().all(|l| l.len() < 300 && !l.contains('\n')),
+            "{w:?}"
+        );
+        let w = warnings(json!({ long: 1 }));
+        assert!(
+            w[0].contains(&format!("{:?}...", "x".repeat(MAX_KEY_CHARS))),
+            "{w:?}"
+        );
+        let w = warnings(json!({"bell\u{7}\nline": 1}));
+        assert!(w[0].contains("\"bell\\u{7}\\nline\""), "{w:?}");
+    }
+
+    #[test]
+    fn edit_distance_counts_edits() {
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("scope", "scoop"), 2);
+        assert_eq!(edit_distance("é", "e"), 1);
+    }
+
+    #[test]
+    fn the_schema_allows_schema_and_unknown_keys() {
+        let s = schema();
+        assert!(s.get("additionalProperties").is_none(), "{s}");
+        assert!(s["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("$schema") && d.contains("warning")));
     }
 
     #[test]
@@ -646,7 +865,6 @@ mod tests {
                 "oauth_base_url",
                 "http://example.com",
             ),
-            (json!({"typo_key": 1}), "typo_key", "unknown key"),
         ];
         for (file, key, value) in cases {
             let msg = resolve_with(file, &[])

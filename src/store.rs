@@ -595,13 +595,9 @@ pub fn load(path: &Path) -> Result<Store> {
             path.display()
         )));
     }
-    if !meta.is_file() {
-        return Err(Error::File(format!(
-            "{}: is not a regular file",
-            path.display()
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let Some((bytes, meta)) = read_regular(path, MAX_STORE_BYTES, "an account store")? else {
+        return Ok(Store::empty());
+    };
     let store = Store::parse(&bytes, path)?;
     if meta.permissions().mode() & 0o077 != 0 {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -612,6 +608,92 @@ pub fn load(path: &Path) -> Result<Store> {
         ));
     }
     Ok(store)
+}
+
+/// The largest store read: ten accounts take a few KiB, so anything near this is not a store
+/// (and reading it whole would cost seconds and gigabytes on every `token`).
+pub const MAX_STORE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads a regular file of at most `max` bytes (following a symlink), with its metadata;
+/// `None` when it does not exist. Anything else is exit 6 before a byte is read: a FIFO would
+/// block, a device (`/dev/zero`) would never end, a directory cannot be read. The type and
+/// size are checked before opening, and again on the open file (it may have been swapped);
+/// the open is non-blocking so a FIFO swapped in meanwhile cannot hang it, and the read stops
+/// one byte past `max`. `what` names the file's role in messages ("a config").
+pub fn read_regular(
+    path: &Path,
+    max: u64,
+    what: &str,
+) -> Result<Option<(Vec<u8>, std::fs::Metadata)>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let check = |meta: &std::fs::Metadata| -> Result<()> {
+        if !meta.is_file() {
+            return Err(Error::File(format!(
+                "{}: is not a regular file ({}); {what} must be a plain file",
+                path.display(),
+                file_kind(meta)
+            )));
+        }
+        if meta.len() > max {
+            return Err(too_big(path, meta.len(), max, what));
+        }
+        Ok(())
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) => check(&meta)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    }
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    check(&meta)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    let len = bytes.len() as u64;
+    if len > max {
+        // It grew while being read; its size now is at least this.
+        return Err(too_big(path, len, max, what));
+    }
+    Ok(Some((bytes, meta)))
+}
+
+fn too_big(path: &Path, len: u64, max: u64, what: &str) -> Error {
+    Error::File(format!(
+        "{}: is {len} bytes ({:.1} MiB), more than the {} MiB {what} may have; is it the right file?",
+        path.display(),
+        len as f64 / 1_048_576.0,
+        max / 1_048_576
+    ))
+}
+
+/// What a non-regular file is, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
 }
 
 /// Writes the store atomically. The caller holds the store lock and has re-read the file
