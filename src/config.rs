@@ -44,153 +44,86 @@ struct Key {
 
 const U32: i64 = u32::MAX as i64;
 
-/// The single source of truth for configuration keys (files.md).
-const KEYS: &[Key] = &[
-    Key {
-        name: "account_selection_strategy",
-        ty: Ty::Enum(&crate::rotation::Strategy::NAMES),
-        default: Def::Str("sticky"),
-        about: "How token picks an account: sticky, round-robin, least-used or hybrid.",
-    },
-    Key {
-        name: "hybrid_rotation_requests",
-        ty: Ty::Int { min: 1, max: U32 },
-        default: Def::Int(50),
-        about: "hybrid: move on after this many tokens from one account.",
-    },
-    Key {
-        name: "switch_on_first_rate_limit",
-        ty: Ty::Bool,
-        default: Def::Bool(true),
-        about: "false: the first 429 without hint waits the backoff and retries the same account.",
-    },
-    Key {
-        name: "retry_same_account_threshold_seconds",
-        ty: Ty::Int { min: 0, max: 3600 },
-        default: Def::Int(5),
-        about: "A Retry-After at or under this is waited out on the same account.",
-    },
-    Key {
-        name: "exponential_backoff_base_ms",
-        ty: Ty::Int {
-            min: 1,
-            max: 86_400_000,
-        },
-        default: Def::Int(1000),
-        about: "Cooldown after a 429 with no hint: base x 2^(n-1).",
-    },
-    Key {
-        name: "exponential_backoff_max_ms",
-        ty: Ty::Int {
-            min: 1,
-            max: 86_400_000,
-        },
-        default: Def::Int(32000),
-        about: "Cap of the no-hint backoff.",
-    },
-    Key {
-        name: "max_rate_limit_wait_seconds",
-        ty: Ty::Int {
-            min: 0,
-            max: 86_400,
-        },
-        default: Def::Int(300),
-        about: "How long token/report-429 may wait when all accounts cool down; 0 = never wait.",
-    },
-    Key {
-        name: "quota_reset_time",
-        ty: Ty::ClockTime,
-        default: Def::Str("00:00"),
-        about: "Local time (HH:MM) of the daily quota reset.",
-    },
-    Key {
-        name: "quota_reset_utc_offset",
-        ty: Ty::Offset,
-        default: Def::Str("+08:00"),
-        about: "UTC offset (+HH:MM) of quota_reset_time.",
-    },
-    Key {
-        name: "proactive_token_refresh",
-        ty: Ty::Bool,
-        default: Def::Bool(true),
-        about: "Refresh a token when it is due, not only when expired.",
-    },
-    Key {
-        name: "proactive_refresh_buffer_seconds",
-        ty: Ty::Int {
-            min: 0,
-            max: 86_400,
-        },
-        default: Def::Int(1800),
-        about: "How early before expiry a token is due.",
-    },
-    Key {
-        name: "proactive_refresh_check_interval_seconds",
-        ty: Ty::Int {
-            min: 1,
-            max: 86_400,
-        },
-        default: Def::Int(300),
-        about: "How often token may start a background refresh of other due accounts.",
-    },
-    Key {
-        name: "token_refresh_retry_attempts",
-        ty: Ty::Int { min: 1, max: 10 },
-        default: Def::Int(3),
-        about: "Attempts for a transient refresh failure.",
-    },
-    Key {
-        name: "token_refresh_retry_delay_ms",
-        ty: Ty::Int {
-            min: 0,
-            max: 60_000,
-        },
-        default: Def::Int(2000),
-        about: "First retry delay of a refresh, doubling.",
-    },
-    Key {
-        name: "http_timeout_seconds",
-        ty: Ty::Int { min: 1, max: 600 },
-        default: Def::Int(30),
-        about: "Whole-request timeout for OAuth calls.",
-    },
-    Key {
-        name: "lock_timeout_seconds",
-        ty: Ty::Int { min: 0, max: 3600 },
-        default: Def::Int(30),
-        about: "How long to wait for a lock before giving up (exit 6).",
-    },
-    Key {
-        name: "oauth_base_url",
-        ty: Ty::Url,
-        default: Def::Str("https://chat.qwen.ai"),
-        about: "OAuth server.",
-    },
-    Key {
-        name: "client_id",
-        ty: Ty::Text,
-        default: Def::Str("f0304373b74a44d2b584a3fb70ca9e56"),
-        about: "OAuth client id.",
-    },
-    Key {
-        name: "scope",
-        ty: Ty::Text,
-        default: Def::Str("openid profile email model.completion"),
-        about: "OAuth scope.",
-    },
-    Key {
-        name: "default_resource_url",
-        ty: Ty::Resource,
-        default: Def::Str("portal.qwen.ai"),
-        about: "API host when a token has none.",
-    },
-    Key {
-        name: "sync_qwen_cli",
-        ty: Ty::Bool,
-        default: Def::Bool(true),
-        about: "Keep an account imported from the Qwen CLI in step with its file.",
-    },
-];
+/// Declares every key once: `KEYS` (name, type, default, help, from which parsing, validation,
+/// `config --schema` and the `QWEN_CRED_*` names follow) and `Settings`, the typed values, so a
+/// misspelt key is a compile error, never a panic at run time.
+macro_rules! settings {
+    ($($name:ident: $rust:ident = $default:expr, $ty:expr, $about:literal;)*) => {
+        const KEYS: &[Key] = &[$(Key {
+            name: stringify!($name),
+            ty: $ty,
+            default: settings!(@def $rust $default),
+            about: $about,
+        }),*];
+
+        /// The effective value of every key (files.md, The config), typed.
+        #[derive(Debug, Clone)]
+        pub struct Settings {
+            $(#[doc = $about] pub $name: $rust,)*
+        }
+
+        impl Settings {
+            /// From the resolved values, in `KEYS` order. `resolve` has validated each, so
+            /// the fallbacks never apply.
+            pub(crate) fn from_resolved(values: &Resolved) -> Settings {
+                let mut it = values.iter().map(|(_, v, _)| v);
+                Settings { $($name: settings!(@get $rust it.next()),)* }
+            }
+        }
+    };
+    (@def bool $d:expr) => { Def::Bool($d) };
+    (@def u64 $d:expr) => { Def::Int($d) };
+    (@def String $d:expr) => { Def::Str($d) };
+    (@get bool $v:expr) => { $v.and_then(Value::as_bool).unwrap_or_default() };
+    (@get u64 $v:expr) => { $v.and_then(Value::as_u64).unwrap_or_default() };
+    (@get String $v:expr) => { $v.and_then(Value::as_str).unwrap_or_default().to_string() };
+}
+
+// The keys of files.md, in its order.
+settings! {
+    account_selection_strategy: String = "sticky", Ty::Enum(&crate::rotation::Strategy::NAMES),
+        "How token picks an account: sticky, round-robin, least-used or hybrid.";
+    hybrid_rotation_requests: u64 = 50, Ty::Int { min: 1, max: U32 },
+        "hybrid: move on after this many tokens from one account.";
+    switch_on_first_rate_limit: bool = true, Ty::Bool,
+        "false: the first 429 without hint waits the backoff and retries the same account.";
+    retry_same_account_threshold_seconds: u64 = 5, Ty::Int { min: 0, max: 3600 },
+        "A Retry-After at or under this is waited out on the same account.";
+    exponential_backoff_base_ms: u64 = 1000, Ty::Int { min: 1, max: 86_400_000, },
+        "Cooldown after a 429 with no hint: base x 2^(n-1).";
+    exponential_backoff_max_ms: u64 = 32000, Ty::Int { min: 1, max: 86_400_000, },
+        "Cap of the no-hint backoff.";
+    max_rate_limit_wait_seconds: u64 = 300, Ty::Int { min: 0, max: 86_400, },
+        "How long token/report-429 may wait when all accounts cool down; 0 = never wait.";
+    quota_reset_time: String = "00:00", Ty::ClockTime,
+        "Local time (HH:MM) of the daily quota reset.";
+    quota_reset_utc_offset: String = "+08:00", Ty::Offset,
+        "UTC offset (+HH:MM) of quota_reset_time.";
+    proactive_token_refresh: bool = true, Ty::Bool,
+        "Refresh a token when it is due, not only when expired.";
+    proactive_refresh_buffer_seconds: u64 = 1800, Ty::Int { min: 0, max: 86_400, },
+        "How early before expiry a token is due.";
+    proactive_refresh_check_interval_seconds: u64 = 300, Ty::Int { min: 1, max: 86_400, },
+        "How often token may start a background refresh of other due accounts.";
+    token_refresh_retry_attempts: u64 = 3, Ty::Int { min: 1, max: 10 },
+        "Attempts for a transient refresh failure.";
+    token_refresh_retry_delay_ms: u64 = 2000, Ty::Int { min: 0, max: 60_000, },
+        "First retry delay of a refresh, doubling.";
+    http_timeout_seconds: u64 = 30, Ty::Int { min: 1, max: 600 },
+        "Whole-request timeout for OAuth calls.";
+    lock_timeout_seconds: u64 = 30, Ty::Int { min: 0, max: 3600 },
+        "How long to wait for a lock before giving up (exit 6).";
+    oauth_base_url: String = "https://chat.qwen.ai", Ty::Url,
+        "OAuth server.";
+    client_id: String = "f0304373b74a44d2b584a3fb70ca9e56", Ty::Text,
+        "OAuth client id.";
+    scope: String = "openid profile email model.completion", Ty::Text,
+        "OAuth scope.";
+    default_resource_url: String = "portal.qwen.ai", Ty::Resource,
+        "API host when a token has none.";
+    sync_qwen_cli: bool = true, Ty::Bool,
+        "Keep an account imported from the Qwen CLI in step with its file.";
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -211,6 +144,7 @@ impl Source {
 
 /// Effective settings plus the paths and environment facts the commands need.
 pub struct Config {
+    pub settings: Settings,
     /// Each key's effective value and where it came from, in table order.
     pub values: Vec<(&'static str, Value, Source)>,
     pub dir: PathBuf,
@@ -277,6 +211,7 @@ impl Config {
             crate::msg::warn(&w);
         }
         Ok(Config {
+            settings: Settings::from_resolved(&values),
             values,
             dir,
             config_path,
@@ -299,60 +234,39 @@ impl Config {
         self.qwen_dir.join("oauth_creds.json")
     }
 
-    fn get(&self, name: &str) -> &Value {
-        match self.values.iter().find(|(k, _, _)| *k == name) {
-            Some((_, v, _)) => v,
-            None => unreachable!("config key {name} is not in the table"),
-        }
-    }
-
-    pub fn bool(&self, name: &str) -> bool {
-        self.get(name).as_bool().unwrap_or_default()
-    }
-
-    pub fn int(&self, name: &str) -> u64 {
-        self.get(name).as_u64().unwrap_or_default()
-    }
-
-    pub fn str(&self, name: &str) -> &str {
-        self.get(name).as_str().unwrap_or_default()
-    }
-
-    pub fn secs(&self, name: &str) -> Duration {
-        Duration::from_secs(self.int(name))
-    }
-
     pub fn lock_timeout(&self) -> Duration {
-        self.secs("lock_timeout_seconds")
+        Duration::from_secs(self.settings.lock_timeout_seconds)
     }
 
     pub fn rotation_policy(&self) -> crate::rotation::Policy {
         use crate::rotation::{parse_reset_time, parse_utc_offset, Policy, QuotaReset, Strategy};
         // Validated in resolve(), so the fallbacks are never taken.
-        let (hour, minute) = parse_reset_time(self.str("quota_reset_time")).unwrap_or((0, 0));
+        let (hour, minute) = parse_reset_time(&self.settings.quota_reset_time).unwrap_or((0, 0));
         Policy {
-            strategy: Strategy::parse(self.str("account_selection_strategy"))
+            strategy: Strategy::parse(&self.settings.account_selection_strategy)
                 .unwrap_or(Strategy::Sticky),
-            hybrid_rotation_requests: self.int("hybrid_rotation_requests"),
-            switch_on_first_rate_limit: self.bool("switch_on_first_rate_limit"),
-            retry_same_account_threshold_seconds: self.int("retry_same_account_threshold_seconds"),
-            backoff_base_ms: self.int("exponential_backoff_base_ms"),
-            backoff_max_ms: self.int("exponential_backoff_max_ms"),
+            hybrid_rotation_requests: self.settings.hybrid_rotation_requests,
+            switch_on_first_rate_limit: self.settings.switch_on_first_rate_limit,
+            retry_same_account_threshold_seconds: self
+                .settings
+                .retry_same_account_threshold_seconds,
+            backoff_base_ms: self.settings.exponential_backoff_base_ms,
+            backoff_max_ms: self.settings.exponential_backoff_max_ms,
             quota_reset: QuotaReset {
                 hour,
                 minute,
-                offset: parse_utc_offset(self.str("quota_reset_utc_offset"))
+                offset: parse_utc_offset(&self.settings.quota_reset_utc_offset)
                     .unwrap_or(time::UtcOffset::UTC),
             },
-            proactive_token_refresh: self.bool("proactive_token_refresh"),
-            proactive_refresh_buffer_seconds: self.int("proactive_refresh_buffer_seconds"),
+            proactive_token_refresh: self.settings.proactive_token_refresh,
+            proactive_refresh_buffer_seconds: self.settings.proactive_refresh_buffer_seconds,
         }
     }
 
     /// The Qwen CLI file to keep linked accounts in step with: `None` without
     /// `sync_qwen_cli`.
     pub fn synced_qwen_cli_file(&self) -> Option<PathBuf> {
-        self.bool("sync_qwen_cli").then(|| self.qwen_cli_file())
+        self.settings.sync_qwen_cli.then(|| self.qwen_cli_file())
     }
 
     pub fn refresh_settings(&self) -> crate::refresh::Settings {
@@ -361,17 +275,21 @@ impl Config {
             lock_timeout: self.lock_timeout(),
             qwen_cli_file: self.synced_qwen_cli_file(),
             oauth: self.oauth_settings(),
-            retry_attempts: self.int("token_refresh_retry_attempts"),
-            retry_delay: Duration::from_millis(self.int("token_refresh_retry_delay_ms")),
+            retry_attempts: self.settings.token_refresh_retry_attempts,
+            retry_delay: Duration::from_millis(self.settings.token_refresh_retry_delay_ms),
         }
     }
 
     pub fn oauth_settings(&self) -> crate::oauth::Settings {
         crate::oauth::Settings {
-            oauth_base_url: self.str("oauth_base_url").trim_end_matches('/').to_string(),
-            client_id: self.str("client_id").to_string(),
-            scope: self.str("scope").to_string(),
-            http_timeout: self.secs("http_timeout_seconds"),
+            oauth_base_url: self
+                .settings
+                .oauth_base_url
+                .trim_end_matches('/')
+                .to_string(),
+            client_id: self.settings.client_id.clone(),
+            scope: self.settings.scope.clone(),
+            http_timeout: Duration::from_secs(self.settings.http_timeout_seconds),
         }
     }
 }
@@ -443,7 +361,7 @@ fn parse_config_file(text: &[u8], path: &Path) -> Result<Map<String, Value>> {
 }
 
 /// The effective values, in table order, with where each came from.
-type Resolved = Vec<(&'static str, Value, Source)>;
+pub(crate) type Resolved = Vec<(&'static str, Value, Source)>;
 
 /// Applies env > file > default for every key, validating each value. Also returns one
 /// warning line per unknown key of the file (`$schema` is for editors and is not one).
@@ -810,6 +728,21 @@ mod tests {
             assert_eq!(s, Source::Default);
             assert_eq!(schema["properties"][k]["default"], v);
         }
+    }
+
+    #[test]
+    fn settings_are_typed_from_the_resolved_values() {
+        let vals = resolve_with(
+            json!({"hybrid_rotation_requests": 7, "sync_qwen_cli": false}),
+            &[("scope", "openid email")],
+        )
+        .unwrap_or_default();
+        let s = Settings::from_resolved(&vals);
+        assert_eq!(s.hybrid_rotation_requests, 7);
+        assert!(!s.sync_qwen_cli);
+        assert_eq!(s.scope, "openid email");
+        assert_eq!(s.lock_timeout_seconds, 30);
+        assert_eq!(s.account_selection_strategy, "sticky");
     }
 
     #[test]

@@ -799,6 +799,7 @@ fn config_parse_never_panics_and_accepts_only_valid_values() {
                 }
                 // The typed getters behind every command must not trip on what was accepted.
                 let cfg = Config {
+                    settings: crate::config::Settings::from_resolved(&values),
                     values,
                     dir: PathBuf::new(),
                     config_path: PathBuf::new(),

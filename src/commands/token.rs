@@ -210,7 +210,7 @@ fn decide(
                 });
             }
             rotation::record_use(s, i, now);
-            let interval_ms = cfg.int("proactive_refresh_check_interval_seconds") as i64 * 1000;
+            let interval_ms = cfg.settings.proactive_refresh_check_interval_seconds as i64 * 1000;
             let spawn = rotation::background_refresh_due(s, i, policy, now, interval_ms);
             Ok(Step::Serve(Box::new(s.accounts[i].clone()), spawn))
         }
@@ -302,8 +302,10 @@ pub fn headers(a: &Account) -> Vec<(&'static str, String)> {
 }
 
 fn format_token(cfg: &Config, a: &Account, format: Format) -> String {
-    let base_url =
-        crate::oauth::api_base_url(a.resource_url.as_deref(), cfg.str("default_resource_url"));
+    let base_url = crate::oauth::api_base_url(
+        a.resource_url.as_deref(),
+        &cfg.settings.default_resource_url,
+    );
     let token = a.access_token.expose();
     match format {
         Format::Raw => format!("{token}\n"),
