@@ -325,15 +325,19 @@ impl Store {
             .join(", ")
     }
 
-    /// The id for a new account: largest numeric id + 1.
+    /// The id for a new account: largest numeric id + 1 (the smallest unused number when a
+    /// hand-edited id is already the largest number there is).
     pub fn next_id(&self) -> String {
-        let max = self
+        let ids: Vec<u64> = self
             .accounts
             .iter()
             .filter_map(|a| a.id.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0);
-        (max + 1).to_string()
+            .collect();
+        let max = ids.iter().copied().max().unwrap_or(0);
+        max.checked_add(1)
+            .or_else(|| (1..).find(|n| !ids.contains(n)))
+            .unwrap_or(1)
+            .to_string()
     }
 
     /// Adds an account, refusing the one past `max_accounts` (exit 2) with the way out.

@@ -1242,6 +1242,77 @@ fn a_config_that_is_not_a_small_regular_file_is_refused_at_once() {
     }
 }
 
+/// Numbers on the command line are bounded (exit 2, before any request), a Retry-After past
+/// u64 is the longest wait capped at 7 days, and a server's huge poll interval cannot
+/// overflow: no exit 134 anywhere.
+#[test]
+fn huge_numbers_never_abort_or_wrap() {
+    let mock = Mock::start();
+    mock.add_account("rt-1", "at-1");
+    let env = Env::with_mock(&mock);
+    env.write_store(&store_with(2));
+    let before = read_store_bytes(&env);
+    for args in [
+        &["login", "--no-browser", "--timeout", "18446744073709551615"][..],
+        &["token", "--min-valid", "18446744073709551615"],
+        &["token", "--min-valid", "9223372036854775808"],
+        &["token", "--min-valid", "31536001"],
+    ] {
+        let (out, err) = env.expect(args, 2);
+        assert!(
+            out.is_empty() && err.contains("more than 31536000 seconds (365 days)"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(mock.requests().len(), 0, "nothing was asked of the server");
+    assert_eq!(read_store_bytes(&env), before);
+
+    // The largest --min-valid allowed is compared as it is, never wrapped: the token falls
+    // short of it, so account 1 is refreshed and the shortfall is said.
+    let (out, err) = env.expect(&["token", "--min-valid", "31536000"], 0);
+    assert_ne!(out.trim(), "at-1");
+    assert!(err.contains("less than --min-valid 31536000"), "{err}");
+    assert_eq!(mock.count_refreshes(), 1);
+
+    // Retry-After beyond u64: account 1 cools down for the 7-day cap, with no "ignoring".
+    let now = util::now_ms();
+    let (_, err) = env.expect(
+        &[
+            "report-429",
+            "--account",
+            "1",
+            "--retry-after",
+            "99999999999999999999999",
+        ],
+        0,
+    );
+    assert!(!err.contains("ignoring"), "{err}");
+    let s = env.read_store();
+    assert_eq!(s["accounts"][0]["rate_limit_reason"], "retry-after");
+    let until = s["accounts"][0]["rate_limit_resets_at"]
+        .as_i64()
+        .unwrap_or(0);
+    let week = 7 * 86_400_000;
+    assert!(
+        until >= now + week && until <= util::now_ms() + week,
+        "{until}"
+    );
+
+    // A device code whose interval is u64::MAX seconds, then slow_down (+5 s): the wait is
+    // bounded by --timeout, and the login times out with exit 7.
+    mock.push_approval(Approval {
+        pending_polls: 1000,
+        slow_down_at: Some(1),
+        outcome: Outcome::Never,
+        interval: Some(u64::MAX),
+        ..mock.approval(None)
+    });
+    let o = run_bounded(&env, &["login", "--no-browser", "--timeout", "1"], 20);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(7), "{err}");
+    assert!(err.contains("timed out"), "{err}");
+}
+
 /// stdout that cannot be written (`> /dev/full`) is exit 6 saying so, not "a bug"; a closed
 /// stdout (broken pipe) is not an error.
 #[test]
