@@ -545,7 +545,7 @@ mod tests {
             current_account_id: None,
             current_streak: 0,
             last_background_refresh_at: None,
-            extra: serde_json::Map::new(),
+            extra: Default::default(),
         }
     }
 
