@@ -4,7 +4,11 @@
 
 use crate::error::{Error, Result};
 use crate::secret::Secret;
-use serde_json::{Map, Value};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::collections::HashMap;
 
 pub const STORE_VERSION: &str = "1.0";
 pub const MAX_ACCOUNTS: usize = 10;
@@ -70,7 +74,7 @@ pub struct Account {
     /// refresh do not repeat it at once.
     pub refresh_failed_at: Option<i64>,
     /// Fields this version does not know, written back unchanged.
-    pub extra: Map<String, Value>,
+    pub extra: Extra,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,13 +92,104 @@ pub struct Store {
     pub removed_qwen_cli_fp: Option<String>,
     /// Last time a Qwen CLI directory we could not write was reported (Unix ms).
     pub qwen_dir_unwritable_warned_at: Option<i64>,
-    pub extra: Map<String, Value>,
+    pub extra: Extra,
 }
 
-/// Reads one object's fields by name, removing each known one so that what is left is the
+/// Fields this version does not know, in file order, each value kept as the exact JSON text
+/// it was read as: other tools' numbers (`18446744073709551616`, `1e400`, `1.50`) and
+/// nesting come back byte for byte, never reformatted or refused.
+#[derive(Debug, Clone, Default)]
+pub struct Extra(Vec<(String, Box<RawValue>)>);
+
+impl PartialEq for Extra {
+    fn eq(&self, other: &Extra) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|((k, v), (l, w))| k == l && v.get() == w.get())
+    }
+}
+
+impl Extra {
+    #[cfg(test)]
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    fn write<M: SerializeMap>(&self, m: &mut M) -> std::result::Result<(), M::Error> {
+        self.0.iter().try_for_each(|(k, v)| m.serialize_entry(k, v))
+    }
+}
+
+/// An object's members in file order with each value's text, not yet interpreted. A key given
+/// twice keeps its first place and its last value, as a serde_json map does.
+#[derive(Default)]
+struct Members {
+    list: Vec<(String, Option<Box<RawValue>>)>,
+    index: HashMap<String, usize>,
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Members, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Members, A::Error> {
+                let mut m = Members::default();
+                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+                    match m.index.get(&k) {
+                        Some(&i) => m.list[i].1 = Some(v),
+                        None => {
+                            m.index.insert(k.clone(), m.list.len());
+                            m.list.push((k, Some(v)));
+                        }
+                    }
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl Members {
+    /// The members of the JSON object `text`; `Ok(None)` when `text` is JSON but no object.
+    fn parse(text: &str) -> std::result::Result<Option<Members>, serde_json::Error> {
+        match serde_json::from_str::<Members>(text) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.classify() == serde_json::error::Category::Data => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn take(&mut self, key: &str) -> Option<Box<RawValue>> {
+        let i = *self.index.get(key)?;
+        self.list[i].1.take()
+    }
+
+    /// What was not taken.
+    fn rest(self) -> Extra {
+        Extra(
+            self.list
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect(),
+        )
+    }
+}
+
+/// Reads one object's fields by name, taking each known one so that what is left is the
 /// passthrough `extra`; errors name the file and the field path.
 struct Fields<'a> {
-    map: Map<String, Value>,
+    map: Members,
     at: String,
     file: &'a Path,
 }
@@ -109,14 +204,17 @@ impl Fields<'_> {
         ))
     }
 
-    /// Missing -> `None`. `null` -> `None` only where `nullable`. `shift_remove` keeps the
-    /// unknown fields in their order (`remove` swaps the last one into the hole).
+    /// Missing -> `None`. `null` -> `None` only where `nullable`. Taking leaves the unknown
+    /// fields in their order.
     fn take(&mut self, key: &str, nullable: bool, expected: &str) -> Result<Option<Value>> {
-        match self.map.shift_remove(key) {
-            None => Ok(None),
-            Some(Value::Null) if nullable => Ok(None),
-            Some(Value::Null) => Err(self.err(key, expected)),
-            Some(v) => Ok(Some(v)),
+        let Some(raw) = self.map.take(key) else {
+            return Ok(None);
+        };
+        // The text is valid JSON; a value serde_json cannot hold is the wrong value here.
+        match serde_json::from_str::<Value>(raw.get()) {
+            Ok(Value::Null) if nullable => Ok(None),
+            Ok(Value::Null) | Err(_) => Err(self.err(key, expected)),
+            Ok(v) => Ok(Some(v)),
         }
     }
 
@@ -177,7 +275,7 @@ impl Store {
             last_background_refresh_at: None,
             removed_qwen_cli_fp: None,
             qwen_dir_unwritable_warned_at: None,
-            extra: Map::new(),
+            extra: Extra::default(),
         }
     }
 
@@ -199,9 +297,9 @@ impl Store {
         if text.trim().is_empty() {
             return Ok(Store::empty());
         }
-        let map = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => return Err(Error::File(format!("{name}: expected a JSON object"))),
+        let map = match Members::parse(text) {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(Error::File(format!("{name}: expected a JSON object"))),
             Err(e) => return Err(Error::File(format!("{name}: not valid JSON: {e}"))),
         };
         let mut f = Fields {
@@ -236,14 +334,14 @@ impl Store {
         if max_accounts == 0 {
             return Err(f.err("max_accounts", "a number from 1 to 10"));
         }
-        let list = match f.take("accounts", false, "an array")? {
+        let list = match f.map.take("accounts") {
             None => Vec::new(),
-            Some(Value::Array(a)) => a,
-            Some(_) => return Err(f.err("accounts", "an array")),
+            Some(raw) => serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())
+                .map_err(|_| f.err("accounts", "an array"))?,
         };
         let mut accounts: Vec<Account> = Vec::with_capacity(list.len());
-        for (i, v) in list.into_iter().enumerate() {
-            let Value::Object(map) = v else {
+        for (i, raw) in list.iter().enumerate() {
+            let Ok(Some(map)) = Members::parse(raw.get()) else {
                 return Err(Error::File(format!(
                     "{name}: accounts[{i}]: expected an object"
                 )));
@@ -284,37 +382,13 @@ impl Store {
             last_background_refresh_at,
             removed_qwen_cli_fp,
             qwen_dir_unwritable_warned_at,
-            extra: f.map,
+            extra: f.map.rest(),
         })
     }
 
     /// The store as JSON: known fields first, unknown ones after, unchanged.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut m = Map::new();
-        m.insert("version".into(), self.version.clone().into());
-        m.insert("max_accounts".into(), self.max_accounts.into());
-        m.insert(
-            "accounts".into(),
-            Value::Array(self.accounts.iter().map(Account::to_value).collect()),
-        );
-        m.insert(
-            "current_account_id".into(),
-            self.current_account_id.clone().into(),
-        );
-        if self.current_streak != 0 {
-            m.insert("current_streak".into(), self.current_streak.into());
-        }
-        if let Some(t) = self.last_background_refresh_at {
-            m.insert("last_background_refresh_at".into(), t.into());
-        }
-        if let Some(fp) = &self.removed_qwen_cli_fp {
-            m.insert("removed_qwen_cli_fp".into(), fp.clone().into());
-        }
-        if let Some(t) = self.qwen_dir_unwritable_warned_at {
-            m.insert("qwen_dir_unwritable_warned_at".into(), t.into());
-        }
-        m.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let mut out = serde_json::to_vec_pretty(&Value::Object(m)).unwrap_or_default();
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
         out.push(b'\n');
         out
     }
@@ -360,15 +434,19 @@ impl Store {
             .join(", ")
     }
 
-    /// The id for a new account: largest numeric id + 1.
+    /// The id for a new account: largest numeric id + 1 (the smallest unused number when a
+    /// hand-edited id is already the largest number there is).
     pub fn next_id(&self) -> String {
-        let max = self
+        let ids: Vec<u64> = self
             .accounts
             .iter()
             .filter_map(|a| a.id.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0);
-        (max + 1).to_string()
+            .collect();
+        let max = ids.iter().copied().max().unwrap_or(0);
+        max.checked_add(1)
+            .or_else(|| (1..).find(|n| !ids.contains(n)))
+            .unwrap_or(1)
+            .to_string()
     }
 
     /// Adds an account, refusing the one past `max_accounts` (exit 2) with the way out.
@@ -438,7 +516,7 @@ impl Account {
             linked_file: None,
             linked_refresh_fp: None,
             refresh_failed_at: None,
-            extra: Map::new(),
+            extra: Extra::default(),
         }
     }
 
@@ -522,60 +600,80 @@ impl Account {
             linked_file,
             linked_refresh_fp,
             refresh_failed_at,
-            extra: f.map,
+            extra: f.map.rest(),
         })
     }
+}
 
-    fn to_value(&self) -> Value {
-        let mut m = Map::new();
-        let mut put = |k: &str, v: Value| {
-            m.insert(k.to_string(), v);
-        };
-        put("id", self.id.clone().into());
-        put("email", self.email.clone().into());
-        put("access_token", self.access_token.expose().into());
-        put("refresh_token", self.refresh_token.expose().into());
-        put("token_type", self.token_type.clone().into());
-        put("resource_url", self.resource_url.clone().into());
-        put("expiry_date", self.expiry_date.into());
-        put("created_at", self.created_at.into());
-        put("last_used_at", self.last_used_at.into());
-        put("total_requests", self.total_requests.into());
-        put("rate_limit_resets_at", self.rate_limit_resets_at.into());
-        put("is_primary", self.is_primary.into());
+impl Serialize for Store {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("version", &self.version)?;
+        m.serialize_entry("max_accounts", &self.max_accounts)?;
+        m.serialize_entry("accounts", &self.accounts)?;
+        m.serialize_entry("current_account_id", &self.current_account_id)?;
+        if self.current_streak != 0 {
+            m.serialize_entry("current_streak", &self.current_streak)?;
+        }
+        if let Some(t) = self.last_background_refresh_at {
+            m.serialize_entry("last_background_refresh_at", &t)?;
+        }
+        if let Some(fp) = &self.removed_qwen_cli_fp {
+            m.serialize_entry("removed_qwen_cli_fp", fp)?;
+        }
+        if let Some(t) = self.qwen_dir_unwritable_warned_at {
+            m.serialize_entry("qwen_dir_unwritable_warned_at", &t)?;
+        }
+        self.extra.write(&mut m)?;
+        m.end()
+    }
+}
+
+impl Serialize for Account {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", &self.id)?;
+        m.serialize_entry("email", &self.email)?;
+        m.serialize_entry("access_token", self.access_token.expose())?;
+        m.serialize_entry("refresh_token", self.refresh_token.expose())?;
+        m.serialize_entry("token_type", &self.token_type)?;
+        m.serialize_entry("resource_url", &self.resource_url)?;
+        m.serialize_entry("expiry_date", &self.expiry_date)?;
+        m.serialize_entry("created_at", &self.created_at)?;
+        m.serialize_entry("last_used_at", &self.last_used_at)?;
+        m.serialize_entry("total_requests", &self.total_requests)?;
+        m.serialize_entry("rate_limit_resets_at", &self.rate_limit_resets_at)?;
+        m.serialize_entry("is_primary", &self.is_primary)?;
         // Fields added by qwen-cred: written only when set, so the seed format stays plain.
         if let Some(r) = &self.rate_limit_reason {
-            put("rate_limit_reason", r.clone().into());
+            m.serialize_entry("rate_limit_reason", r)?;
         }
         if self.consecutive_rate_limits != 0 {
-            put(
-                "consecutive_rate_limits",
-                self.consecutive_rate_limits.into(),
-            );
+            m.serialize_entry("consecutive_rate_limits", &self.consecutive_rate_limits)?;
         }
         if let Some(t) = self.last_rate_limited_at {
-            put("last_rate_limited_at", t.into());
+            m.serialize_entry("last_rate_limited_at", &t)?;
         }
         if self.status == Status::Revoked {
-            put("status", "revoked".into());
+            m.serialize_entry("status", "revoked")?;
         }
         if let Some(r) = &self.status_reason {
-            put("status_reason", r.clone().into());
+            m.serialize_entry("status_reason", r)?;
         }
         if let Some(t) = self.status_changed_at {
-            put("status_changed_at", t.into());
+            m.serialize_entry("status_changed_at", &t)?;
         }
         if let Some(l) = &self.linked_file {
-            put("linked_file", l.clone().into());
+            m.serialize_entry("linked_file", l)?;
         }
         if let Some(fp) = &self.linked_refresh_fp {
-            put("linked_refresh_fp", fp.clone().into());
+            m.serialize_entry("linked_refresh_fp", fp)?;
         }
         if let Some(t) = self.refresh_failed_at {
-            put("refresh_failed_at", t.into());
+            m.serialize_entry("refresh_failed_at", &t)?;
         }
-        m.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Value::Object(m)
+        self.extra.write(&mut m)?;
+        m.end()
     }
 }
 
@@ -736,4 +834,137 @@ pub fn update_lenient<T>(
         false => Ok(()),
     };
     Ok((out, saved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Store> {
+        Store::parse(text.as_bytes(), Path::new("qwen-accounts.json"))
+    }
+
+    const ACCOUNT: &str = r#"{"id": "1", "access_token": "a", "refresh_token": "r",
+        "expiry_date": 1, "x": 1e400}"#;
+
+    #[test]
+    fn unknown_values_keep_their_text_and_known_ones_are_checked() {
+        let text = format!(
+            r#"{{"big": 18446744073709551616, "accounts": [{ACCOUNT}], "e": 1E+2, "o": {{"k" : [ 1.50 ]}}}}"#
+        );
+        let s = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let out = String::from_utf8(s.to_json()).unwrap_or_default();
+        for kept in [
+            r#""big": 18446744073709551616"#,
+            r#""x": 1e400"#,
+            r#""e": 1E+2"#,
+            r#""o": {"k" : [ 1.50 ]}"#,
+        ] {
+            assert!(out.contains(kept), "{kept}: {out}");
+        }
+        assert_eq!(parse(&out).ok(), Some(s), "a rewrite reads back the same");
+        for (field, value) in [
+            ("expiry_date", "1e400"),
+            ("expiry_date", "18446744073709551616"),
+            ("expiry_date", "1.0"),
+            ("email", "[[[[1]]]]"),
+        ] {
+            let bad = ACCOUNT.replacen(r#""x": 1e400"#, &format!(r#""{field}": {value}"#), 1);
+            let bad = bad.replacen(
+                r#""expiry_date": 1,"#,
+                "",
+                usize::from(field == "expiry_date"),
+            );
+            let e = parse(&format!(r#"{{"accounts": [{bad}]}}"#)).err();
+            assert!(
+                e.as_ref().is_some_and(|e| e
+                    .to_string()
+                    .contains(&format!("accounts[0].{field}: expected"))),
+                "{field} {value}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_keeps_its_place_and_its_last_value() {
+        let s = parse(r#"{"z": 1, "a": 2, "z": 3, "version": "1.0", "version": "1.1"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.version, "1.1");
+        let out = String::from_utf8(s.to_json()).unwrap_or_default();
+        assert!(out.contains("\"z\": 3,\n  \"a\": 2\n}"), "{out}");
+    }
+
+    #[test]
+    fn not_an_object_is_named_as_such() {
+        for (text, says) in [
+            ("[]", "expected a JSON object"),
+            ("\"s\"", "expected a JSON object"),
+            ("{\"accounts\": {}}", "accounts: expected an array"),
+            ("{\"accounts\": null}", "accounts: expected an array"),
+            ("{\"accounts\": [1]}", "accounts[0]: expected an object"),
+            ("{\"a\": 1", "not valid JSON: EOF"),
+            ("{} {}", "not valid JSON: trailing characters"),
+        ] {
+            let e = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn next_id_never_overflows() {
+        let mut s = Store::empty();
+        assert_eq!(s.next_id(), "1");
+        for id in ["18446744073709551615", "1", "x"] {
+            let mut a = Account::new(
+                Secret::new("a".to_string()),
+                Secret::new("r".to_string()),
+                1,
+                1,
+            );
+            a.id = id.into();
+            s.accounts.push(a);
+        }
+        assert_eq!(s.next_id(), "2");
+    }
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("qwen-cred-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
+        d
+    }
+
+    #[test]
+    fn read_regular_refuses_what_is_not_a_small_file() {
+        let d = temp("read-regular");
+        let f = d.join("f");
+        assert!(matches!(read_regular(&f, 4, "a file"), Ok(None)));
+        std::fs::write(&f, b"1234").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            read_regular(&f, 4, "a file").ok().flatten().map(|(b, _)| b),
+            Some(b"1234".to_vec())
+        );
+        std::fs::write(&f, b"12345").unwrap_or_else(|e| panic!("{e}"));
+        let e = read_regular(&f, 4, "a file").err().map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|m| m.contains("is 5 bytes") && m.contains("a file may have")),
+            "{e:?}"
+        );
+        let e = read_regular(&d, 4, "a file").err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|m| m.contains("(a directory)")),
+            "{e:?}"
+        );
+        let link = d.join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap_or_else(|e| panic!("{e}"));
+        let e = read_regular(&link, 4, "a file")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|m| m.contains("(a device)")),
+            "{e:?}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }
