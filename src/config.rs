@@ -89,11 +89,11 @@ settings! {
         "false: the first 429 without hint waits the backoff and retries the same account.";
     retry_same_account_threshold_seconds: u64 = 5, Ty::Int { min: 0, max: 3600 },
         "A Retry-After at or under this is waited out on the same account.";
-    exponential_backoff_base_ms: u64 = 1000, Ty::Int { min: 1, max: 86_400_000, },
+    exponential_backoff_base_ms: u64 = 1000, Ty::Int { min: 1, max: 86_400_000 },
         "Cooldown after a 429 with no hint: base x 2^(n-1).";
-    exponential_backoff_max_ms: u64 = 32000, Ty::Int { min: 1, max: 86_400_000, },
+    exponential_backoff_max_ms: u64 = 32000, Ty::Int { min: 1, max: 86_400_000 },
         "Cap of the no-hint backoff.";
-    max_rate_limit_wait_seconds: u64 = 300, Ty::Int { min: 0, max: 86_400, },
+    max_rate_limit_wait_seconds: u64 = 300, Ty::Int { min: 0, max: 86_400 },
         "How long token/report-429 may wait when all accounts cool down; 0 = never wait.";
     quota_reset_time: String = "00:00", Ty::ClockTime,
         "Local time (HH:MM) of the daily quota reset.";
@@ -101,13 +101,13 @@ settings! {
         "UTC offset (+HH:MM) of quota_reset_time.";
     proactive_token_refresh: bool = true, Ty::Bool,
         "Refresh a token when it is due, not only when expired.";
-    proactive_refresh_buffer_seconds: u64 = 1800, Ty::Int { min: 0, max: 86_400, },
+    proactive_refresh_buffer_seconds: u64 = 1800, Ty::Int { min: 0, max: 86_400 },
         "How early before expiry a token is due.";
-    proactive_refresh_check_interval_seconds: u64 = 300, Ty::Int { min: 1, max: 86_400, },
+    proactive_refresh_check_interval_seconds: u64 = 300, Ty::Int { min: 1, max: 86_400 },
         "How often token may start a background refresh of other due accounts.";
     token_refresh_retry_attempts: u64 = 3, Ty::Int { min: 1, max: 10 },
         "Attempts for a transient refresh failure.";
-    token_refresh_retry_delay_ms: u64 = 2000, Ty::Int { min: 0, max: 60_000, },
+    token_refresh_retry_delay_ms: u64 = 2000, Ty::Int { min: 0, max: 60_000 },
         "First retry delay of a refresh, doubling.";
     http_timeout_seconds: u64 = 30, Ty::Int { min: 1, max: 600 },
         "Whole-request timeout for OAuth calls.";
@@ -310,7 +310,7 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// every command, a device would be read without end) or a file over 1 MiB is exit 6 before
 /// a byte is read. A symlink is followed: the file is only read, and dotfile managers link it.
 fn read_config_file(path: &Path) -> Result<Map<String, Value>> {
-    match crate::store::read_regular(path, MAX_CONFIG_BYTES, "a config")? {
+    match crate::files::read_regular(path, MAX_CONFIG_BYTES, "a config")? {
         None => Ok(Map::new()),
         Some((text, _)) => parse_config_file(&text, path),
     }
@@ -336,28 +336,7 @@ fn warn_if_open_to_others(dir: &Path) {
 
 /// The config file's bytes as a JSON object; `path` only names the file in errors.
 fn parse_config_file(text: &[u8], path: &Path) -> Result<Map<String, Value>> {
-    if text.starts_with(b"\xEF\xBB\xBF") {
-        return Err(Error::File(format!(
-            "{}: starts with a UTF-8 byte order mark; remove it",
-            path.display()
-        )));
-    }
-    let text = std::str::from_utf8(text)
-        .map_err(|_| Error::File(format!("{}: not valid UTF-8", path.display())))?;
-    if text.trim().is_empty() {
-        return Ok(Map::new());
-    }
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(Error::File(format!(
-            "{}: expected a JSON object",
-            path.display()
-        ))),
-        Err(e) => Err(Error::File(format!(
-            "{}: not valid JSON: {e}",
-            path.display()
-        ))),
-    }
+    Ok(crate::files::parse_json_object(text, path)?.unwrap_or_default())
 }
 
 /// The effective values, in table order, with where each came from.

@@ -62,11 +62,16 @@ impl Creds {
     }
 }
 
+/// The Qwen CLI's file holds a few hundred bytes; anything over this is not it.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 /// Reads and validates the file; every problem names it (exit 6).
 pub fn read(path: &Path) -> Result<Creds> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::File(format!("{}: not valid JSON: {e}", path.display())))?;
+    let Some((bytes, _)) = crate::files::read_regular(path, MAX_FILE_BYTES, "the Qwen CLI's file")?
+    else {
+        return Err(Error::File(format!("{}: not found", path.display())));
+    };
+    let v = Value::Object(crate::files::parse_json_object(&bytes, path)?.unwrap_or_default());
     let field = |k: &str| -> Result<String> {
         match v.get(k) {
             Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
@@ -344,11 +349,12 @@ impl FileSync {
             crate::msg::debug(&format!("{} {why}; leaving it alone", self.file.display()));
             Ok(false)
         };
-        let bytes = match fs::read(&self.file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => return leave("is gone"),
-            Err(e) => return Err(e),
-        };
+        let bytes =
+            match crate::files::read_regular(&self.file, MAX_FILE_BYTES, "the Qwen CLI's file") {
+                Ok(Some((b, _))) => b,
+                Ok(None) => return leave("is gone"),
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            };
         let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(&bytes) else {
             return leave("is not a JSON object");
         };

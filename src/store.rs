@@ -161,15 +161,6 @@ impl<'de> Deserialize<'de> for Members {
 }
 
 impl Members {
-    /// The members of the JSON object `text`; `Ok(None)` when `text` is JSON but no object.
-    fn parse(text: &str) -> std::result::Result<Option<Members>, serde_json::Error> {
-        match serde_json::from_str::<Members>(text) {
-            Ok(m) => Ok(Some(m)),
-            Err(e) if e.classify() == serde_json::error::Category::Data => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     fn take(&mut self, key: &str) -> Option<Box<RawValue>> {
         let i = *self.index.get(key)?;
         self.list[i].1.take()
@@ -283,24 +274,8 @@ impl Store {
     /// blank input is an empty pool.
     pub fn parse(bytes: &[u8], file: &Path) -> Result<Store> {
         let name = file.display();
-        if bytes.starts_with(b"\xEF\xBB\xBF") {
-            return Err(Error::File(format!(
-                "{name}: starts with a UTF-8 byte order mark; remove it (qwen-cred writes plain UTF-8 JSON)"
-            )));
-        }
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            Error::File(format!(
-                "{name}: not valid UTF-8 (at byte {})",
-                e.valid_up_to()
-            ))
-        })?;
-        if text.trim().is_empty() {
+        let Some(map) = crate::files::parse_json_object::<Members>(bytes, file)? else {
             return Ok(Store::empty());
-        }
-        let map = match Members::parse(text) {
-            Ok(Some(m)) => m,
-            Ok(None) => return Err(Error::File(format!("{name}: expected a JSON object"))),
-            Err(e) => return Err(Error::File(format!("{name}: not valid JSON: {e}"))),
         };
         let mut f = Fields {
             map,
@@ -341,7 +316,7 @@ impl Store {
         };
         let mut accounts: Vec<Account> = Vec::with_capacity(list.len());
         for (i, raw) in list.iter().enumerate() {
-            let Ok(Some(map)) = Members::parse(raw.get()) else {
+            let Ok(map) = serde_json::from_str::<Members>(raw.get()) else {
                 return Err(Error::File(format!(
                     "{name}: accounts[{i}]: expected an object"
                 )));
@@ -693,7 +668,9 @@ pub fn load(path: &Path) -> Result<Store> {
             path.display()
         )));
     }
-    let Some((bytes, meta)) = read_regular(path, MAX_STORE_BYTES, "an account store")? else {
+    let Some((bytes, meta)) =
+        crate::files::read_regular(path, MAX_STORE_BYTES, "an account store")?
+    else {
         return Ok(Store::empty());
     };
     let store = Store::parse(&bytes, path)?;
@@ -711,88 +688,6 @@ pub fn load(path: &Path) -> Result<Store> {
 /// The largest store read: ten accounts take a few KiB, so anything near this is not a store
 /// (and reading it whole would cost seconds and gigabytes on every `token`).
 pub const MAX_STORE_BYTES: u64 = 16 * 1024 * 1024;
-
-/// Reads a regular file of at most `max` bytes (following a symlink), with its metadata;
-/// `None` when it does not exist. Anything else is exit 6 before a byte is read: a FIFO would
-/// block, a device (`/dev/zero`) would never end, a directory cannot be read. The type and
-/// size are checked before opening, and again on the open file (it may have been swapped);
-/// the open is non-blocking so a FIFO swapped in meanwhile cannot hang it, and the read stops
-/// one byte past `max`. `what` names the file's role in messages ("a config").
-pub fn read_regular(
-    path: &Path,
-    max: u64,
-    what: &str,
-) -> Result<Option<(Vec<u8>, std::fs::Metadata)>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let check = |meta: &std::fs::Metadata| -> Result<()> {
-        if !meta.is_file() {
-            return Err(Error::File(format!(
-                "{}: is not a regular file ({}); {what} must be a plain file",
-                path.display(),
-                file_kind(meta)
-            )));
-        }
-        if meta.len() > max {
-            return Err(too_big(path, meta.len(), max, what));
-        }
-        Ok(())
-    };
-    match std::fs::metadata(path) {
-        Ok(meta) => check(&meta)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("cannot read", path, e)),
-    }
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("cannot read", path, e)),
-    };
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io("cannot read", path, e))?;
-    check(&meta)?;
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.take(max.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io("cannot read", path, e))?;
-    let len = bytes.len() as u64;
-    if len > max {
-        // It grew while being read; its size now is at least this.
-        return Err(too_big(path, len, max, what));
-    }
-    Ok(Some((bytes, meta)))
-}
-
-fn too_big(path: &Path, len: u64, max: u64, what: &str) -> Error {
-    Error::File(format!(
-        "{}: is {len} bytes ({:.1} MiB), more than the {} MiB {what} may have; is it the right file?",
-        path.display(),
-        len as f64 / 1_048_576.0,
-        max / 1_048_576
-    ))
-}
-
-/// What a non-regular file is, for messages.
-fn file_kind(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "not a file"
-    }
-}
 
 /// Writes the store atomically. The caller holds the store lock and has re-read the file
 /// under it (files.md, Writing).
@@ -925,46 +820,5 @@ mod tests {
             s.accounts.push(a);
         }
         assert_eq!(s.next_id(), "2");
-    }
-
-    fn temp(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("qwen-cred-store-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
-        d
-    }
-
-    #[test]
-    fn read_regular_refuses_what_is_not_a_small_file() {
-        let d = temp("read-regular");
-        let f = d.join("f");
-        assert!(matches!(read_regular(&f, 4, "a file"), Ok(None)));
-        std::fs::write(&f, b"1234").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            read_regular(&f, 4, "a file").ok().flatten().map(|(b, _)| b),
-            Some(b"1234".to_vec())
-        );
-        std::fs::write(&f, b"12345").unwrap_or_else(|e| panic!("{e}"));
-        let e = read_regular(&f, 4, "a file").err().map(|e| e.to_string());
-        assert!(
-            e.as_deref()
-                .is_some_and(|m| m.contains("is 5 bytes") && m.contains("a file may have")),
-            "{e:?}"
-        );
-        let e = read_regular(&d, 4, "a file").err().map(|e| e.to_string());
-        assert!(
-            e.as_deref().is_some_and(|m| m.contains("(a directory)")),
-            "{e:?}"
-        );
-        let link = d.join("zero");
-        std::os::unix::fs::symlink("/dev/zero", &link).unwrap_or_else(|e| panic!("{e}"));
-        let e = read_regular(&link, 4, "a file")
-            .err()
-            .map(|e| e.to_string());
-        assert!(
-            e.as_deref().is_some_and(|m| m.contains("(a device)")),
-            "{e:?}"
-        );
-        let _ = std::fs::remove_dir_all(&d);
     }
 }
