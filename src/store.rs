@@ -7,8 +7,7 @@ use crate::secret::Secret;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
-use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 pub const STORE_VERSION: &str = "1.0";
 pub const MAX_ACCOUNTS: usize = 10;
@@ -128,7 +127,8 @@ impl Extra {
 #[derive(Default)]
 struct Members {
     list: Vec<(String, Option<Box<RawValue>>)>,
-    index: HashMap<String, usize>,
+    // A B-tree, not a hash map: a few dozen short keys compare faster than SipHash hashes.
+    index: BTreeMap<String, usize>,
 }
 
 impl<'de> Deserialize<'de> for Members {
@@ -195,25 +195,31 @@ impl Fields<'_> {
         ))
     }
 
-    /// Missing -> `None`. `null` -> `None` only where `nullable`. Taking leaves the unknown
-    /// fields in their order.
-    fn take(&mut self, key: &str, nullable: bool, expected: &str) -> Result<Option<Value>> {
+    /// The value's JSON text. Missing -> `None`. `null` -> `None` only where `nullable`.
+    /// Taking leaves the unknown fields in their order.
+    fn take(&mut self, key: &str, nullable: bool, expected: &str) -> Result<Option<Box<RawValue>>> {
         let Some(raw) = self.map.take(key) else {
             return Ok(None);
         };
-        // The text is valid JSON; a value serde_json cannot hold is the wrong value here.
-        match serde_json::from_str::<Value>(raw.get()) {
-            Ok(Value::Null) if nullable => Ok(None),
-            Ok(Value::Null) | Err(_) => Err(self.err(key, expected)),
-            Ok(v) => Ok(Some(v)),
+        match raw.get() {
+            "null" if nullable => Ok(None),
+            "null" => Err(self.err(key, expected)),
+            _ => Ok(Some(raw)),
         }
     }
 
     fn string(&mut self, key: &str, nullable: bool) -> Result<Option<String>> {
-        match self.take(key, nullable, "a string")? {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(self.err(key, "a string")),
+        let Some(raw) = self.take(key, nullable, "a string")? else {
+            return Ok(None);
+        };
+        // The text is valid JSON: a string without escapes is its own content.
+        let text = raw.get();
+        match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            Some(inner) if !inner.contains('\\') => Ok(Some(inner.to_string())),
+            Some(_) => serde_json::from_str(text)
+                .map(Some)
+                .map_err(|_| self.err(key, "a string")),
+            None => Err(self.err(key, "a string")),
         }
     }
 
@@ -227,8 +233,9 @@ impl Fields<'_> {
     fn int(&mut self, key: &str, nullable: bool, max: i64, expected: &str) -> Result<Option<i64>> {
         match self.take(key, nullable, expected)? {
             None => Ok(None),
-            Some(v) => match v.as_i64() {
-                Some(n) if (0..=max).contains(&n) => Ok(Some(n)),
+            // JSON integer text only: a fraction, an exponent or a string is refused.
+            Some(raw) => match raw.get().parse::<i64>() {
+                Ok(n) if (0..=max).contains(&n) => Ok(Some(n)),
                 _ => Err(self.err(key, expected)),
             },
         }
@@ -245,9 +252,10 @@ impl Fields<'_> {
     }
 
     fn bool(&mut self, key: &str) -> Result<Option<bool>> {
-        match self.take(key, false, "true or false")? {
+        match self.take(key, false, "true or false")?.as_deref().map(RawValue::get) {
             None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
             Some(_) => Err(self.err(key, "true or false")),
         }
     }
