@@ -252,7 +252,11 @@ impl Fields<'_> {
     }
 
     fn bool(&mut self, key: &str) -> Result<Option<bool>> {
-        match self.take(key, false, "true or false")?.as_deref().map(RawValue::get) {
+        match self
+            .take(key, false, "true or false")?
+            .as_deref()
+            .map(RawValue::get)
+        {
             None => Ok(None),
             Some("true") => Ok(Some(true)),
             Some("false") => Ok(Some(false)),
