@@ -1038,3 +1038,136 @@ fn opencode_auth_login_adds_an_account_under_tmux() {
     assert_eq!(s["accounts"][0]["email"], "tmux@example.com");
     assert!(oc.argv_log().contains("login --json --no-browser"));
 }
+
+/// The keys of `report-429 --json`, in the order the man page lists them.
+const DECISION_KEYS: [&str; 9] = [
+    "account_id",
+    "email",
+    "decision",
+    "reason",
+    "cooling_until",
+    "next_account_id",
+    "next_email",
+    "next_at",
+    "wait_ms",
+];
+
+fn decision(out: &str) -> Value {
+    assert_eq!(out.lines().count(), 1, "one line: {out}");
+    let v: Value = serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let keys: Vec<&str> = v
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(keys, DECISION_KEYS, "{out}");
+    v
+}
+
+/// `report-429 --json`: what the plugin reads instead of guessing. One shape for every
+/// decision: cooled (and until when, why), a duplicate of the report that set the cooldown, a
+/// short wait on the same account; the next account and from when; how long it waits.
+#[test]
+fn report_429_json_says_what_it_decided_before_it_waits() {
+    let mut env = Env::new();
+    env.set("QWEN_CRED_QUOTA_RESET_UTC_OFFSET", "+00:00");
+    env.write_store(&util::store_with(2));
+    let body = env.root.join("quota.json");
+    std::fs::write(&body, r#"{"error":{"code":"insufficient_quota"}}"#).expect("write body");
+    let body = body.to_string_lossy().to_string();
+
+    let (out, _) = env.expect(&["report-429", "--json", "--body", &body], 0);
+    let d = decision(&out);
+    let midnight = time_rfc3339((now_ms() / 86_400_000 + 1) * 86_400_000);
+    assert_eq!(d["account_id"], "1");
+    assert_eq!(d["email"], "user1@example.com");
+    assert_eq!(d["decision"], "cooled");
+    assert_eq!(d["reason"], "quota");
+    assert_eq!(d["cooling_until"], midnight.as_str());
+    assert_eq!(d["next_account_id"], "2");
+    assert_eq!(d["next_email"], "user2@example.com");
+    assert_eq!(d["wait_ms"], 0);
+    let next_at = d["next_at"].as_str().unwrap_or_default().to_string();
+    assert!(next_at <= time_rfc3339(now_ms()), "{next_at}: now");
+
+    // The same 429 seen by a request in flight: nothing changes, and it says so.
+    let (out, _) = env.expect(
+        &["report-429", "--json", "--account", "1", "--body", &body],
+        0,
+    );
+    let d = decision(&out);
+    assert_eq!(d["decision"], "already_cooling");
+    assert_eq!(d["reason"], "quota");
+    assert_eq!(d["cooling_until"], midnight.as_str());
+    assert_eq!(d["next_account_id"], "2");
+
+    // A short Retry-After: retry the same account after the wait; nothing cools.
+    let (out, _) = env.expect(
+        &[
+            "report-429",
+            "--json",
+            "--account",
+            "2",
+            "--retry-after",
+            "1",
+            "--no-wait",
+        ],
+        0,
+    );
+    let d = decision(&out);
+    assert_eq!(d["decision"], "retry_same");
+    assert_eq!(d["reason"], Value::Null);
+    assert_eq!(d["cooling_until"], Value::Null);
+    assert_eq!(d["next_account_id"], "2");
+    assert_eq!(d["wait_ms"], 0, "--no-wait never waits");
+
+    // Every account cooling down past the wait limit: exit 4, and the line still says which
+    // account is free first, and when.
+    let (out, err) = env.expect(
+        &[
+            "report-429",
+            "--json",
+            "--account",
+            "2",
+            "--retry-after",
+            "600",
+            "--no-wait",
+        ],
+        4,
+    );
+    let d = decision(&out);
+    assert_eq!(d["decision"], "cooled");
+    assert_eq!(d["reason"], "retry-after");
+    assert_eq!(d["next_account_id"], "2");
+    assert_eq!(d["next_at"], d["cooling_until"]);
+    assert_eq!(d["wait_ms"], 0);
+    assert!(err.contains("cooling down"), "{err}");
+
+    // A wait within max_rate_limit_wait_seconds: the line comes first, then the wait.
+    env.set("QWEN_CRED_RETRY_SAME_ACCOUNT_THRESHOLD_SECONDS", "0");
+    env.write_store(&util::store_with(1));
+    let mut child = env
+        .cmd(&["report-429", "--json", "--retry-after", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start report-429");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read the decision");
+    assert_eq!(
+        child.try_wait().expect("try_wait"),
+        None,
+        "printed before the wait"
+    );
+    let d = decision(&line);
+    assert_eq!(d["decision"], "cooled");
+    assert_eq!(d["next_account_id"], "1");
+    assert_eq!(d["next_at"], d["cooling_until"]);
+    let wait = d["wait_ms"].as_i64().unwrap_or(0);
+    assert!((1000..=2000).contains(&wait), "{d}");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
