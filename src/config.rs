@@ -190,6 +190,12 @@ const KEYS: &[Key] = &[
         default: Def::Bool(true),
         about: "Keep an account imported from the Qwen CLI in step with its file.",
     },
+    Key {
+        name: "quiet_mode",
+        ty: Ty::Bool,
+        default: Def::Bool(false),
+        about: "The OpenCode plugin shows no toasts (account moves, waits, revocations).",
+    },
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,6 +8,9 @@
 // Tokens reach this plugin only through a child's stdout and leave it only in request headers:
 // never in argv, never in an error message. qwen-cred owns the tokens; what OpenCode stores in
 // its auth.json for provider "qwen" is a marker that makes it call the loader.
+//
+// In the TUI, toasts tell of a move to another account, a wait for a cooldown and a revoked
+// account (off with qwen-cred's `quiet_mode`).
 
 import { spawn } from "node:child_process"
 
@@ -36,8 +39,26 @@ function abortError(signal) {
   return e
 }
 
-// Runs qwen-cred with `args` (never a token), `input` on stdin. Resolves { code, stdout, stderr }.
-function run(args, { input, signal, timeoutMs = CHILD_TIMEOUT_MS } = {}) {
+// Calls `each` with every complete line of a stream's text as it arrives.
+function lines(each) {
+  let buf = ""
+  return (d) => {
+    buf += d
+    // A line longer than anything qwen-cred prints is not one of its lines.
+    if (buf.length > MAX_OUTPUT) buf = ""
+    let i
+    while ((i = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, i).trim()
+      buf = buf.slice(i + 1)
+      if (line) each(line)
+    }
+  }
+}
+
+// Runs qwen-cred with `args` (never a token), `input` on stdin. Resolves { code, stdout, stderr }
+// once the child has ended and what `onStdoutLine` / `onStderrLine` started (toasts) is done;
+// they see each line as it comes, e.g. before a wait the child starts after printing it.
+function run(args, { input, signal, timeoutMs = CHILD_TIMEOUT_MS, onStdoutLine, onStderrLine } = {}) {
   return new Promise((resolve, reject) => {
     if (signal && signal.aborted) return reject(abortError(signal))
     let child
@@ -65,11 +86,17 @@ function run(args, { input, signal, timeoutMs = CHILD_TIMEOUT_MS } = {}) {
     }
     child.stdout.setEncoding("utf8")
     child.stderr.setEncoding("utf8")
+    const started = []
+    const watch = (f) => (f ? lines((l) => started.push(Promise.resolve().then(() => f(l)).catch(() => {}))) : () => {})
+    const outLine = watch(onStdoutLine)
+    const errLine = watch(onStderrLine)
     child.stdout.on("data", (d) => {
       if (stdout.length < MAX_OUTPUT) stdout += d
+      outLine(d)
     })
     child.stderr.on("data", (d) => {
       if (stderr.length < MAX_OUTPUT) stderr += d
+      errLine(d)
     })
     child.on("error", (e) => finish(() => reject(notFound(e))))
     child.on("close", (code) =>
@@ -78,7 +105,7 @@ function run(args, { input, signal, timeoutMs = CHILD_TIMEOUT_MS } = {}) {
         if (timedOut) {
           return reject(new QwenCredError(`qwen-cred ${args[0]} did not finish within ${Math.round(timeoutMs / 1000)} s`))
         }
-        resolve({ code: code ?? -1, stdout, stderr })
+        Promise.all(started).then(() => resolve({ code: code ?? -1, stdout, stderr }))
       }),
     )
     child.stdin.on("error", () => {})
@@ -120,6 +147,118 @@ function until(iso) {
   return h > 0 ? ` (in ${h}h ${m % 60}m)` : ` (in ${m}m)`
 }
 
+// "account 2 (b@example.com)": how toasts and the login menu name an account.
+function accountName(id, name) {
+  return `account ${id}${name ? ` (${name})` : ""}`
+}
+
+// A duration for people: "45 s", "4m 10s", "5h 3m".
+function span(ms) {
+  const s = Math.max(0, Math.ceil(ms / 1000))
+  if (s < 60) return `${s} s`
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`
+}
+
+// A local wall-clock time: "16:00", with the date when it is not within the next 20 hours.
+function clock(ms) {
+  const d = new Date(ms)
+  const pad = (n) => String(n).padStart(2, "0")
+  const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`
+  if (ms - Date.now() < 20 * 3600 * 1000) return hm
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${hm}`
+}
+
+const WHY = {
+  quota: "is out of its daily quota",
+  "retry-after": "was rate-limited by the server",
+  backoff: "was rate-limited",
+}
+
+// Toasts in OpenCode's TUI for what a user must know: a move to another account, a wait for a
+// cooldown, a revoked account. One per event, however many requests saw it: an event's key is
+// remembered until the time it stands for has passed. Off with the `quiet_mode` config key.
+// `client.tui.showToast` is never awaited: inside the plugin's init that deadlocks, and under
+// `opencode run` (no TUI) it only resolves harmlessly.
+function makeToasts(client) {
+  const shown = new Map()
+  let quiet = null
+  const isQuiet = () =>
+    (quiet ??= run(["config", "--json"]).then(
+      (r) => {
+        try {
+          return r.code === 0 && JSON.parse(r.stdout).quiet_mode.value === true
+        } catch {
+          return false
+        }
+      },
+      () => false,
+    ))
+  // Shows `body` unless an event with `key` was shown and lasts until after now. `until` is
+  // when this event is over (ms); Infinity for one that never repeats.
+  async function toast(key, until, body) {
+    const now = Date.now()
+    if (key != null) {
+      if (shown.get(key) > now) return
+      shown.set(key, Math.max(until, now + 1000))
+      if (shown.size > 200) for (const [k, t] of shown) if (t <= now) shown.delete(k)
+    }
+    if (await isQuiet()) return
+    const tui = client && client.tui
+    if (!tui || typeof tui.showToast !== "function") return
+    try {
+      const p = tui.showToast({ body: { title: body.title, message: body.message, variant: body.variant, duration: body.duration ?? 8000 } })
+      if (p && typeof p.then === "function") p.then(undefined, () => {})
+    } catch {
+      // No TUI to show it: nothing to do.
+    }
+  }
+  const waiting = (waitMs, at, next) =>
+    toast("wait", at, {
+      title: "Qwen: waiting for a cooldown",
+      message: `Every Qwen account is cooling down. Waiting ${span(waitMs)} (until ${clock(at)})${next ? `, then ${next} serves` : ""}. Add an account with "opencode auth login" to avoid waits.`,
+      variant: "warning",
+      duration: Math.min(Math.max(waitMs, 5000), 30000),
+    })
+  const revoked = (id, name) =>
+    toast(`revoked ${id}`, Infinity, {
+      title: "Qwen: account signed out",
+      message: `Qwen ${accountName(id, name)} was revoked by the server and is no longer used. Run "opencode auth login" (choose Qwen) to sign it in again.`,
+      variant: "error",
+      duration: 15000,
+    })
+  return {
+    toast,
+    revoked,
+    // What qwen-cred says on stderr of `token` and `refresh` (refresh.rs, token.rs).
+    stderrLine(line) {
+      const r = line.match(/\baccount (\S+) \((.*?)\) was revoked/)
+      if (r) return revoked(r[1], r[2])
+      const w = line.match(/\bwaiting (\d+) s until (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)/)
+      if (w) return waiting(Number(w[1]) * 1000, Date.parse(w[2]))
+    },
+    // The decision `report-429 --json` prints before it waits.
+    decision(line) {
+      let d
+      try {
+        d = JSON.parse(line)
+      } catch {
+        return
+      }
+      if (!d || d.decision === "retry_same" || d.next_account_id == null) return
+      const next = accountName(d.next_account_id, d.next_email)
+      if (d.wait_ms > 0) return waiting(d.wait_ms, Date.now() + d.wait_ms, next)
+      const until = Date.parse(d.cooling_until)
+      if (String(d.next_account_id) === String(d.account_id) || !(until > 0)) return
+      return toast(`moved ${d.account_id}`, until, {
+        title: "Qwen: switched account",
+        message: `Now using ${next}. Qwen ${accountName(d.account_id, d.email)} ${WHY[d.reason] || "was rate-limited"} until ${clock(until)} (in ${span(until - Date.now())}).`,
+        variant: "info",
+      })
+    },
+  }
+}
+
 // The error an OpenCode user sees when qwen-cred cannot serve, by exit code (cli.md).
 // Messages avoid "rate limit", status numbers and "try again later": OpenCode retries errors
 // that say so, which is pointless here.
@@ -149,9 +288,9 @@ function failure(what, r) {
 }
 
 // `token --format json`, rotation's pick, or account `id` when given.
-async function token(signal, id) {
+async function token(signal, id, events) {
   const args = id == null ? ["token", "--format", "json"] : ["token", "--account", id, "--format", "json"]
-  const r = await run(args, { signal })
+  const r = await run(args, { signal, onStderrLine: events && events.stderrLine })
   if (r.code !== 0) throw failure("token", r)
   let t
   try {
@@ -258,8 +397,8 @@ async function servingIds(signal) {
 // A token from rotation (`token`), or, when rotation picks an account this request has found
 // unusable (its 401 could not be cured), from the next account that can serve, by id.
 // null when there is none.
-async function tokenAvoiding(avoid, signal) {
-  const t = await token(signal)
+async function tokenAvoiding(avoid, signal, events) {
+  const t = await token(signal, undefined, events)
   const picked = String(t.account_id)
   if (!avoid.has(picked)) return t
   const ids = await servingIds(signal)
@@ -268,7 +407,7 @@ async function tokenAvoiding(avoid, signal) {
   for (const id of order) {
     if (avoid.has(id)) continue
     try {
-      return await token(signal, id)
+      return await token(signal, id, events)
     } catch (e) {
       if (!(e instanceof QwenCredError)) throw e
       // Revoked or not refreshable meanwhile: the next one.
@@ -286,7 +425,7 @@ function givenUp(why) {
   return new Response(r.text, { status: r.status, statusText: r.statusText, headers: r.headers })
 }
 
-function makeFetch(configuredBase) {
+function makeFetch(configuredBase, events) {
   return async function qwenCredFetch(input, init) {
     const req = await replayable(input, init)
     // The accounts that had their forced refresh in this request; those passed over for this
@@ -297,7 +436,7 @@ function makeFetch(configuredBase) {
     let giveUp = null
     let last = null
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const t = await tokenAvoiding(avoid, req.signal)
+      const t = await tokenAvoiding(avoid, req.signal, events)
       if (!t) return givenUp(giveUp)
       const headers = new Headers(req.headers)
       headers.delete("authorization")
@@ -320,9 +459,10 @@ function makeFetch(configuredBase) {
           continue
         }
         refreshed.add(id)
-        const r = await run(["refresh", "--account", id, "--force"], { signal: req.signal })
+        const r = await run(["refresh", "--account", id, "--force"], { signal: req.signal, onStderrLine: events.stderrLine })
         // 0: a fresh token; ask again. 3: the refresh token is dead and the account now
         // revoked, so rotation skips it. Else (server down or busy): the next account.
+        if (r.code === 3) await events.revoked(id, t.email)
         if (r.code !== 0 && r.code !== 3) {
           avoid.add(id)
           giveUp = last = { refresh: r }
@@ -336,8 +476,8 @@ function makeFetch(configuredBase) {
       }
       last = { quota: true }
       const r = await run(
-        ["report-429", "--account", id, ...retryAfterArg(res.headers.get("retry-after")), "--body", "-"],
-        { input: text, signal: req.signal },
+        ["report-429", "--account", id, ...retryAfterArg(res.headers.get("retry-after")), "--body", "-", "--json"],
+        { input: text, signal: req.signal, onStdoutLine: events.decision },
       )
       if (r.code !== 0) throw failure("report-429", r)
     }
@@ -356,7 +496,6 @@ function startLogin(args) {
   } catch (e) {
     return { verification: Promise.reject(notFound(e)), result: Promise.reject(notFound(e)) }
   }
-  let buf = ""
   let stderr = ""
   let onVerification
   let onResult
@@ -376,22 +515,16 @@ function startLogin(args) {
   }
   child.stdout.setEncoding("utf8")
   child.stderr.setEncoding("utf8")
-  child.stdout.on("data", (d) => {
-    buf += d
-    // A line longer than any event qwen-cred prints is not one of its events.
-    if (buf.length > MAX_OUTPUT) buf = ""
-    let i
-    while ((i = buf.indexOf("\n")) >= 0) {
-      const line = buf.slice(0, i).trim()
-      buf = buf.slice(i + 1)
-      if (!line) continue
+  child.stdout.on(
+    "data",
+    lines((line) => {
       try {
         event(JSON.parse(line))
       } catch {
         // Not a JSON line: ignore.
       }
-    }
-  })
+    }),
+  )
   child.stderr.on("data", (d) => {
     if (stderr.length < MAX_OUTPUT) stderr += d
   })
@@ -457,39 +590,43 @@ async function authorize(inputs) {
   }
 }
 
-export const QwenCredPlugin = async () => ({
-  auth: {
-    provider: PROVIDER,
-    async loader(_auth, provider) {
-      const configured = provider && provider.options && provider.options.baseURL
-      return { apiKey: "", fetch: makeFetch(configured) }
-    },
-    methods: [
-      {
-        type: "oauth",
-        label: "Qwen OAuth via qwen-cred (multi-account)",
-        prompts: [
-          {
-            type: "select",
-            key: "mode",
-            message: "Qwen accounts",
-            options: [
-              { label: "Add an account", value: "add", hint: "keeps the accounts already in the pool" },
-              { label: "Start fresh", value: "fresh", hint: "the new account replaces all others once it is in" },
-              { label: "Replace one account", value: "replace", hint: "when the pool is full (10)" },
-            ],
-          },
-          {
-            type: "text",
-            key: "replace",
-            message: 'Account to replace (id or email, see "qwen-cred list")',
-            validate: (v) => (String(v || "").trim() ? undefined : "an account id or email is needed"),
-            when: { key: "mode", op: "eq", value: "replace" },
-            condition: (inputs) => inputs.mode === "replace",
-          },
-        ],
-        authorize,
+export const QwenCredPlugin = async (input) => {
+  // Nothing here waits on OpenCode: awaiting its client during init deadlocks.
+  const toasts = makeToasts(input && input.client)
+  return {
+    auth: {
+      provider: PROVIDER,
+      async loader(_auth, provider) {
+        const configured = provider && provider.options && provider.options.baseURL
+        return { apiKey: "", fetch: makeFetch(configured, toasts) }
       },
-    ],
-  },
-})
+      methods: [
+        {
+          type: "oauth",
+          label: "Qwen OAuth via qwen-cred (multi-account)",
+          prompts: [
+            {
+              type: "select",
+              key: "mode",
+              message: "Qwen accounts",
+              options: [
+                { label: "Add an account", value: "add", hint: "keeps the accounts already in the pool" },
+                { label: "Start fresh", value: "fresh", hint: "the new account replaces all others once it is in" },
+                { label: "Replace one account", value: "replace", hint: "when the pool is full (10)" },
+              ],
+            },
+            {
+              type: "text",
+              key: "replace",
+              message: 'Account to replace (id or email, see "qwen-cred list")',
+              validate: (v) => (String(v || "").trim() ? undefined : "an account id or email is needed"),
+              when: { key: "mode", op: "eq", value: "replace" },
+              condition: (inputs) => inputs.mode === "replace",
+            },
+          ],
+          authorize,
+        },
+      ],
+    },
+  }
+}

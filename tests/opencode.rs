@@ -74,6 +74,36 @@ impl Oc {
         path
     }
 
+    /// As [`Oc::logging_bin`], but the first `n` `token` calls each hold their answer until
+    /// all `n` have one: `n` requests sent at once all get the token picked before any of
+    /// them can report a 429.
+    fn barrier_bin(&self, n: usize) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.env.root.join("qwen-cred-barrier");
+        let dir = self.env.root.join("barrier");
+        std::fs::create_dir_all(&dir).expect("barrier dir");
+        let script = format!(
+            r#"#!/bin/sh
+printf '%s\n' "$*" >> '{log}'
+if [ "$1" = token ] && [ ! -e '{dir}/open' ]; then
+  out=$('{bin}' "$@"); code=$?
+  : > '{dir}/done.'$$
+  [ "$(ls '{dir}' | grep -c '^done\.')" -ge {n} ] && : > '{dir}/open'
+  while [ ! -e '{dir}/open' ]; do sleep 0.01; done
+  printf '%s\n' "$out"
+  exit $code
+fi
+exec '{bin}' "$@"
+"#,
+            log = self.env.root.join("argv.log").display(),
+            dir = dir.display(),
+            bin = BIN,
+        );
+        std::fs::write(&path, script).expect("write wrapper");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
     fn argv_log(&self) -> String {
         std::fs::read_to_string(self.env.root.join("argv.log")).unwrap_or_default()
     }
@@ -481,7 +511,10 @@ fn opencode_run_moves_on_when_an_account_is_revoked_mid_request() {
 }
 
 /// Imports the installed plugin with node and runs one step the way OpenCode does; prints one
-/// JSON line per result.
+/// JSON line per result, then `{"toasts": [...]}`: what the plugin asked OpenCode's client to
+/// show. That client records each toast with the time and never answers, so a plugin that
+/// awaited it would hang. `"client": "none"` passes no client, `"throws"` one whose
+/// showToast throws.
 const DRIVER: &str = r#"
 import { pathToFileURL } from "node:url"
 const [plugin, plan] = [process.argv[2], JSON.parse(process.argv[3])]
@@ -489,7 +522,13 @@ const say = (o) => console.log(JSON.stringify(o))
 const mod = await import(pathToFileURL(plugin).href)
 const fns = Object.values(mod).filter((f) => typeof f === "function")
 if (fns.length !== 1) throw new Error(`the plugin exports ${fns.length} functions`)
-const hooks = await fns[0]({})
+const toasts = []
+const clients = {
+  record: { tui: { showToast: (o) => (toasts.push({ ...o.body, at: Date.now() }), new Promise(() => {})) } },
+  none: undefined,
+  throws: { tui: { showToast: () => { throw new Error("no TUI") } } },
+}
+const hooks = await fns[0]({ client: clients[plan.client || "record"] })
 const auth = hooks.auth
 try {
   if (plan.step === "describe") {
@@ -521,31 +560,49 @@ try {
           yield bytes(text.slice(half))
         })(),
     }
-    const body = bodies[plan.body || "string"]()
-    const res = await opts.fetch(plan.base + "/chat/completions", {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: "Bearer " },
-      body,
-      ...(typeof body === "string" ? {} : { duplex: "half" }),
-    })
-    say({ status: res.status, body: await res.text() })
+    const one = async () => {
+      const body = bodies[plan.body || "string"]()
+      const res = await opts.fetch(plan.base + "/chat/completions", {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: "Bearer " },
+        body,
+        ...(typeof body === "string" ? {} : { duplex: "half" }),
+      })
+      return { status: res.status, body: await res.text(), done: Date.now() }
+    }
+    // `concurrent` requests at once, as OpenCode sends a title and a reply together.
+    const results = await Promise.all(Array.from({ length: plan.concurrent || 1 }, one))
+    for (const r of results) say(r)
   }
 } catch (e) {
   say({ error: String(e && e.message), name: e && e.name })
 }
+say({ toasts })
 "#;
 
 fn node_step(oc: &Oc, node: &Path, plan: Value) -> Vec<Value> {
+    node_step_with(oc, node, &oc.logging_bin(), plan)
+}
+
+/// [`node_step`] with this program as `QWEN_CRED_BIN`.
+fn node_step_with(oc: &Oc, node: &Path, bin: &Path, plan: Value) -> Vec<Value> {
     let driver = oc.env.root.join("driver.mjs");
     std::fs::write(&driver, DRIVER).expect("write driver");
-    let bin = oc.logging_bin();
-    let mut cmd = oc.command(node, &bin);
+    let mut cmd = oc.command(node, bin);
     cmd.arg(&driver).arg(oc.plugin_path()).arg(plan.to_string());
     let (code, out, err) = oc.run(cmd, "node");
     assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}\nstderr: {err}")))
         .collect()
+}
+
+/// The toasts a [`node_step`] recorded (its last line).
+fn toasts_of(r: &[Value]) -> Vec<Value> {
+    r.last()
+        .and_then(|l| l["toasts"].as_array())
+        .cloned()
+        .unwrap_or_else(|| panic!("no toasts line: {r:?}"))
 }
 
 fn refresh_tokens(store: &Value) -> Vec<String> {
@@ -798,6 +855,8 @@ fn plugin_fetch_moves_to_the_next_account_when_the_first_is_revoked() {
     assert!(log.contains("refresh --account 1 --force"), "{log}");
     assert!(log.contains("refresh --account 2 --force"), "{log}");
     assert_no_token_in_argv(&oc, &["at-1", "at-2", "rt-1", "rt-2", &sent[2]]);
+    // One toast says which account is gone and how to get it back.
+    assert_revoked_toast(&r, "account 1 (user1@example.com)");
 
     // With every account revoked, `token` has nothing left: the error says to log in.
     mock.expire_access(&sent[2]);
@@ -815,6 +874,44 @@ fn plugin_fetch_moves_to_the_next_account_when_the_first_is_revoked() {
     for a in s["accounts"].as_array().expect("accounts") {
         assert_eq!(a["status"], "revoked", "{a}");
     }
+    assert_revoked_toast(&r, "account 2 (user2@example.com)");
+}
+
+/// Exactly one toast, an error naming `who` and "opencode auth login".
+fn assert_revoked_toast(r: &[Value], who: &str) {
+    let toasts = toasts_of(r);
+    assert_eq!(toasts.len(), 1, "{toasts:?}");
+    let t = &toasts[0];
+    assert_eq!(t["variant"], "error", "{t}");
+    let msg = t["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(who) && msg.contains("revoked") && msg.contains("opencode auth login"),
+        "{msg}"
+    );
+}
+
+/// `token` itself finds account 1's refresh token dead (its token expired): the request is
+/// served by account 2, and a toast says account 1 was revoked.
+#[test]
+fn plugin_toasts_an_account_that_token_finds_revoked() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    let (_, _, mut store) = two_accounts(&mock);
+    store["accounts"][0]["expiry_date"] = json!(now_ms() - 1000);
+    mock.revoke_refresh("rt-1");
+    oc.write_store(&store);
+    oc.env.expect(&["opencode", "install"], 0);
+    let plan = json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()),
+        "auth": AUTH_MARKER});
+    let r = node_step(&oc, &node, plan);
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert_eq!(bearers(&mock), ["at-2"]);
+    assert_eq!(oc.read_store()["accounts"][0]["status"], "revoked");
+    assert!(!oc.argv_log().contains("refresh"), "{}", oc.argv_log());
+    assert_revoked_toast(&r, "account 1 (user1@example.com)");
 }
 
 /// A 401 whose forced refresh fails because the sign-in server is down: the request goes to
@@ -1037,6 +1134,173 @@ fn opencode_auth_login_adds_an_account_under_tmux() {
     assert_eq!(s["accounts"].as_array().map(Vec::len), Some(1));
     assert_eq!(s["accounts"][0]["email"], "tmux@example.com");
     assert!(oc.argv_log().contains("login --json --no-browser"));
+}
+
+/// The local wall-clock time "HH:MM" the plugin shows for `ms` with TZ=UTC.
+fn utc_clock(ms: i64) -> String {
+    let rfc = time_rfc3339(ms);
+    rfc.get(11..16).unwrap_or_default().to_string()
+}
+
+/// Issue 11: three requests sent at once all get account 1's token and all hit its daily
+/// quota; each reports it, and the requests move to account 2. The user gets one toast, not
+/// three: which account now serves, which one cools, why and until when.
+#[test]
+fn plugin_toasts_once_when_concurrent_requests_move_to_the_next_account() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let mut oc = Oc::new(&mock);
+    oc.env.set("TZ", "UTC");
+    let (a1, _, store) = two_accounts(&mock);
+    oc.write_store(&store);
+    oc.env.expect(&["opencode", "install"], 0);
+    for _ in 0..3 {
+        mock.api_script_for(a1, ApiReply::QuotaExceeded);
+    }
+    let plan = json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()),
+        "auth": AUTH_MARKER, "concurrent": 3});
+
+    let before = now_ms();
+    let r = node_step_with(&oc, &node, &oc.barrier_bin(3), plan);
+    for res in &r[1..4] {
+        assert_eq!(res["status"], 200, "{r:?}");
+        assert!(res["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hello from account 2"));
+    }
+    // All three really hit the 429 and reported it.
+    assert_eq!(bearers(&mock)[..3], ["at-1", "at-1", "at-1"]);
+    let log = oc.argv_log();
+    assert_eq!(
+        log.matches("report-429 --account 1 --body - --json")
+            .count(),
+        3,
+        "{log}"
+    );
+
+    let toasts = toasts_of(&r);
+    assert_eq!(toasts.len(), 1, "{toasts:?}");
+    let t = &toasts[0];
+    assert_eq!(t["variant"], "info", "{t}");
+    assert!(
+        t["title"].as_str().unwrap_or_default().contains("switched"),
+        "{t}"
+    );
+    let msg = t["message"].as_str().unwrap_or_default();
+    for want in [
+        "Now using account 2 (user2@example.com)",
+        "account 1 (user1@example.com) is out of its daily quota",
+        &format!("until {}", utc_clock(next_daily_reset(before))),
+    ] {
+        assert!(msg.contains(want), "{msg:?} should say {want:?}");
+    }
+}
+
+/// The plugin reads `quiet_mode` from qwen-cred's config: on, a move to another account shows
+/// no toast. Without a client, or with one whose showToast throws (no TUI), requests work as
+/// before.
+#[test]
+fn plugin_is_quiet_in_quiet_mode_and_works_without_a_tui() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    let (a1, _, store) = two_accounts(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+    for client in ["record", "none", "throws"] {
+        oc.write_store(&store);
+        mock.api_script_for(a1, ApiReply::QuotaExceeded);
+        let plan = json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()),
+            "auth": AUTH_MARKER, "client": client});
+        let r = node_step(&oc, &node, plan.clone());
+        assert_eq!(r[1]["status"], 200, "{client}: {r:?}");
+        assert_eq!(oc.read_store()["current_account_id"], "2");
+        assert_eq!(
+            toasts_of(&r).len(),
+            usize::from(client == "record"),
+            "{r:?}"
+        );
+    }
+
+    std::fs::write(oc.dir.join("qwen.json"), r#"{"quiet_mode": true}"#).expect("write config");
+    oc.write_store(&store);
+    mock.api_script_for(a1, ApiReply::QuotaExceeded);
+    let plan = json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()),
+        "auth": AUTH_MARKER});
+    let r = node_step(&oc, &node, plan);
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert_eq!(oc.read_store()["current_account_id"], "2");
+    assert_eq!(toasts_of(&r), Vec::<Value>::new());
+    assert!(oc.argv_log().contains("config --json"));
+}
+
+/// Every account cooling down for a short while: the plugin says it waits, and for how long,
+/// before the wait starts (the toast comes at least a second before the request is answered),
+/// whether `report-429` or `token` does the waiting.
+#[test]
+fn plugin_toasts_a_wait_for_a_cooldown_before_it_starts() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let mut oc = Oc::new(&mock);
+    oc.env
+        .set("QWEN_CRED_RETRY_SAME_ACCOUNT_THRESHOLD_SECONDS", "0");
+    let a1 = mock.add_account("rt-1", "at-1");
+    let mut store = util::store_with(1);
+    store["accounts"][0]["resource_url"] = json!(mock.base_url());
+    oc.write_store(&store);
+    oc.env.expect(&["opencode", "install"], 0);
+    let plan = json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()),
+        "auth": AUTH_MARKER});
+
+    // report-429 waits: the only account says "retry after 2 s".
+    mock.api_script_for(
+        a1,
+        ApiReply::RateLimited {
+            retry_after: Some("2".into()),
+        },
+    );
+    let r = node_step(&oc, &node, plan.clone());
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert_eq!(bearers(&mock), ["at-1", "at-1"]);
+    let toasts = toasts_of(&r);
+    assert_eq!(toasts.len(), 1, "{toasts:?}");
+    let t = &toasts[0];
+    assert_eq!(t["variant"], "warning", "{t}");
+    let msg = t["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("cooling down")
+            && msg.contains("Waiting 2 s (until ")
+            && msg.contains("then account 1 (user1@example.com) serves"),
+        "{msg}"
+    );
+    let early = r[1]["done"].as_i64().unwrap_or(0) - t["at"].as_i64().unwrap_or(i64::MAX);
+    assert!(early >= 1000, "the toast came {early} ms before the answer");
+
+    // token waits: the account is still cooling down for 2 s when the request starts.
+    let mut store = oc.read_store();
+    store["accounts"][0]["rate_limit_resets_at"] = json!(now_ms() + 2000);
+    store["accounts"][0]["last_rate_limited_at"] = json!(now_ms());
+    oc.write_store(&store);
+    let r = node_step(&oc, &node, plan);
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    let toasts = toasts_of(&r);
+    assert_eq!(toasts.len(), 1, "{toasts:?}");
+    assert_eq!(toasts[0]["variant"], "warning");
+    assert!(
+        toasts[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Waiting "),
+        "{toasts:?}"
+    );
+    let early = r[1]["done"].as_i64().unwrap_or(0) - toasts[0]["at"].as_i64().unwrap_or(i64::MAX);
+    assert!(early >= 1000, "the toast came {early} ms before the answer");
 }
 
 /// The keys of `report-429 --json`, in the order the man page lists them.
