@@ -9,10 +9,11 @@
 // never in argv, never in an error message. qwen-cred owns the tokens; what OpenCode stores in
 // its auth.json for provider "qwen" is a marker that makes it call the loader.
 //
-// In the TUI, toasts tell of a move to another account, a wait for a cooldown and a revoked
-// account (off with qwen-cred's `quiet_mode`).
+// In `opencode auth login` the method's prompts show the pool and offer add / replace / remove
+// / start fresh. In the TUI, toasts tell of a move to another account, a wait for a cooldown
+// and a revoked account (off with qwen-cred's `quiet_mode`).
 
-import { spawn } from "node:child_process"
+import { spawn, spawnSync } from "node:child_process"
 
 const PROVIDER = "qwen"
 // The value OpenCode stores in auth.json instead of a token.
@@ -382,16 +383,8 @@ async function replayable(input, init) {
 
 // The accounts `qwen-cred list --json` says could serve now (no token in that output).
 async function servingIds(signal) {
-  const r = await run(["list", "--json"], { signal })
-  if (r.code !== 0) return []
-  let list
-  try {
-    list = JSON.parse(r.stdout)
-  } catch {
-    return []
-  }
-  if (!Array.isArray(list)) return []
-  return list.filter((a) => a && (a.state === "ok" || a.state === "current")).map((a) => String(a.id))
+  const { accounts } = await listAccounts(signal)
+  return (accounts || []).filter((a) => a.state === "ok" || a.state === "current").map((a) => String(a.id))
 }
 
 // A token from rotation (`token`), or, when rotation picks an account this request has found
@@ -546,26 +539,128 @@ function startLogin(args) {
 function loginFailure(code, stderr) {
   if (code === 2) {
     return new QwenCredError(
-      `Qwen: ${said(stderr) || "the account pool is full"}. Run "opencode auth login" again and choose "Replace one account" (with an id from "qwen-cred list") or "Start fresh".`,
+      `Qwen: ${said(stderr) || "the account pool is full"}. Run "opencode auth login" again and choose "Replace an account" or "Start fresh".`,
     )
   }
   return failure("login", { code, stderr })
 }
 
 function loginArgs(inputs) {
-  const args = ["login", "--json", "--no-browser"]
+  // qwen-cred opens the browser where there is a display ($BROWSER, else the platform opener).
+  const args = ["login", "--json"]
   const mode = (inputs && inputs.mode) || "add"
   if (mode === "fresh") args.push("--fresh")
   if (mode === "replace") {
     const id = String((inputs && inputs.replace) || "").trim()
-    if (!id) throw new QwenCredError('Qwen: say which account to replace (an id or email from "qwen-cred list")')
+    if (!id) throw new QwenCredError("Qwen: say which account to replace")
     args.push("--replace", id)
   }
   return args
 }
 
-async function authorize(inputs) {
-  const login = startLogin(loginArgs(inputs))
+const MARKER_RESULT = { type: "success", access: MARKER, refresh: MARKER, expires: MARKER_EXPIRES }
+
+// An account's name as `list --json` gives it: its label, else its email, else the fingerprint.
+function nameOf(a) {
+  return a.label || a.email || (a.fingerprint ? `fp ${a.fingerprint}` : "")
+}
+
+function stateText(a) {
+  switch (a.state) {
+    case "current":
+    case "ok":
+      return a.state
+    case "cooling_down": {
+      const t = Date.parse(a.rate_limited_until)
+      return `cooling down${t > 0 ? ` until ${clock(t)}` : ""}${a.rate_limit_reason ? ` (${a.rate_limit_reason})` : ""}`
+    }
+    case "revoked":
+      return "revoked: sign in as it again to revive it"
+    default:
+      return String(a.state || "unknown")
+  }
+}
+
+// `qwen-cred list --json` (no token in it) as { accounts } or { error }.
+function parsePool(r) {
+  if (r.code !== 0) return { error: said(r.stderr || "") || `qwen-cred list failed (exit ${r.code})` }
+  try {
+    const list = JSON.parse(r.stdout)
+    if (Array.isArray(list)) return { accounts: list.filter((a) => a && a.id != null) }
+  } catch {
+    // Below.
+  }
+  return { error: `"${bin()} list --json" printed no list` }
+}
+
+async function listAccounts(signal) {
+  return parsePool(await run(["list", "--json"], { signal }))
+}
+
+// The pool for the login menu. OpenCode reads a method's prompts as a plain property, so this
+// runs `list --json` synchronously; one snapshot serves one `opencode auth login` (it reads the
+// prompts more than once) and is dropped when a login or removal starts.
+const POOL_TTL_MS = 3000
+let poolCache = null
+function poolNow() {
+  if (poolCache && Date.now() - poolCache.at < POOL_TTL_MS) return poolCache.pool
+  let pool
+  const r = spawnSync(bin(), ["list", "--json"], {
+    encoding: "utf8",
+    env: process.env,
+    stdio: ["ignore", "pipe", "pipe"],
+    timeout: 30 * 1000,
+    maxBuffer: MAX_OUTPUT,
+  })
+  if (r.error) pool = { error: notFound(r.error).message }
+  else pool = parsePool({ code: r.status ?? -1, stdout: r.stdout || "", stderr: r.stderr || "" })
+  poolCache = { at: Date.now(), pool }
+  return pool
+}
+
+// `opencode auth login`'s prompts: the pool (how many, each account's name and state), then
+// what to do with it, then which account for replace and remove.
+function menu(pool) {
+  const accounts = pool.accounts || []
+  const n = accounts.length
+  const head = pool.error
+    ? `Qwen accounts in qwen-cred: cannot list them (${pool.error})`
+    : n === 0
+      ? "Qwen accounts in qwen-cred: none yet"
+      : `Qwen accounts in qwen-cred: ${n}${n >= 10 ? " (the pool is full)" : ""}`
+  const rows = accounts.map((a) => `- ${a.id}  ${nameOf(a) || "?"}  ${stateText(a)}`)
+  const options = [
+    {
+      label: "Add an account",
+      value: "add",
+      hint: n >= 10 ? "the pool is full: replace one or start fresh" : "keeps the accounts already in the pool",
+    },
+  ]
+  if (n > 0) {
+    options.push(
+      { label: "Replace an account", value: "replace", hint: "pick it; the new login takes its place" },
+      { label: "Remove an account", value: "remove", hint: "pick it; no login" },
+    )
+  }
+  if (n > 0 || pool.error) {
+    options.push({ label: "Start fresh", value: "fresh", hint: "the new account replaces all others once it is in" })
+  }
+  const pick = (key, message) => ({
+    type: "select",
+    key,
+    message,
+    options: accounts.map((a) => ({ label: `${a.id}  ${nameOf(a) || "?"}`, value: String(a.id), hint: stateText(a) })),
+    when: { key: "mode", op: "eq", value: key },
+    condition: (inputs) => inputs.mode === key,
+  })
+  const prompts = [{ type: "select", key: "mode", message: [head, ...rows].join("\n"), options }]
+  if (n > 0) prompts.push(pick("replace", "Account to replace"), pick("remove", "Account to remove"))
+  return prompts
+}
+
+async function signIn(inputs, failed) {
+  const args = loginArgs(inputs)
+  const login = startLogin(args)
   let v
   try {
     v = await login.verification
@@ -575,17 +670,49 @@ async function authorize(inputs) {
   }
   const url = v.verification_uri_complete || v.verification_uri
   const minutes = v.expires_in ? ` within ${Math.max(1, Math.round(v.expires_in / 60))} min` : ""
+  const mode = (inputs && inputs.mode) || "add"
+  const then =
+    mode === "replace"
+      ? `puts the account in place of account ${args[args.length - 1]}`
+      : mode === "fresh"
+        ? "keeps only this account once it is in"
+        : "adds the account to its pool"
   return {
     url,
-    instructions: `Open the link and approve${minutes}; if asked for a code, enter ${v.user_code}. qwen-cred adds the account to its pool.`,
+    instructions: `Open the link and approve${minutes}; if asked for a code, enter ${v.user_code}. qwen-cred ${then}.`,
     method: "auto",
     async callback() {
       try {
         await login.result
-        return { type: "success", access: MARKER, refresh: MARKER, expires: MARKER_EXPIRES }
-      } catch {
-        return { type: "failed" }
+      } catch (e) {
+        // OpenCode shows a thrown error's message after "Failed to authorize: ".
+        await failed(e)
+        throw e
+      } finally {
+        poolCache = null
       }
+      return MARKER_RESULT
+    },
+  }
+}
+
+// Removes one account; OpenCode shows the instructions, then (the callback succeeds at once,
+// keeping its marker) "Login successful".
+async function removeAccount(inputs) {
+  const id = String((inputs && inputs.remove) || "").trim()
+  if (!id) throw new QwenCredError("Qwen: say which account to remove")
+  const before = await listAccounts()
+  const acct = (before.accounts || []).find((a) => String(a.id) === id)
+  const r = await run(["remove", id])
+  if (r.code !== 0) throw failure("remove", r)
+  const after = await listAccounts()
+  const left = after.accounts ? `; ${after.accounts.length} left` : ""
+  return {
+    url: "",
+    instructions: `Removed ${accountName(id, acct && nameOf(acct))} from qwen-cred's pool${left}.`,
+    method: "auto",
+    async callback() {
+      return MARKER_RESULT
     },
   }
 }
@@ -593,6 +720,8 @@ async function authorize(inputs) {
 export const QwenCredPlugin = async (input) => {
   // Nothing here waits on OpenCode: awaiting its client during init deadlocks.
   const toasts = makeToasts(input && input.client)
+  const failed = (e) =>
+    toasts.toast(null, 0, { title: "Qwen: login failed", message: String(e && e.message), variant: "error", duration: 15000 })
   return {
     auth: {
       provider: PROVIDER,
@@ -604,27 +733,19 @@ export const QwenCredPlugin = async (input) => {
         {
           type: "oauth",
           label: "Qwen OAuth via qwen-cred (multi-account)",
-          prompts: [
-            {
-              type: "select",
-              key: "mode",
-              message: "Qwen accounts",
-              options: [
-                { label: "Add an account", value: "add", hint: "keeps the accounts already in the pool" },
-                { label: "Start fresh", value: "fresh", hint: "the new account replaces all others once it is in" },
-                { label: "Replace one account", value: "replace", hint: "when the pool is full (10)" },
-              ],
-            },
-            {
-              type: "text",
-              key: "replace",
-              message: 'Account to replace (id or email, see "qwen-cred list")',
-              validate: (v) => (String(v || "").trim() ? undefined : "an account id or email is needed"),
-              when: { key: "mode", op: "eq", value: "replace" },
-              condition: (inputs) => inputs.mode === "replace",
-            },
-          ],
-          authorize,
+          get prompts() {
+            return menu(poolNow())
+          },
+          async authorize(inputs) {
+            poolCache = null
+            try {
+              if (inputs && inputs.mode === "remove") return await removeAccount(inputs)
+              return await signIn(inputs, failed)
+            } catch (e) {
+              await failed(e)
+              throw e
+            }
+          },
         },
       ],
     },

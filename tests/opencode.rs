@@ -616,30 +616,107 @@ fn refresh_tokens(store: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `opencode auth login`'s side of the plugin: prompts, authorize (URL and code), callback.
+/// A `BROWSER` that records the URL it was asked to open.
+fn recording_browser(oc: &mut Oc) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let log = oc.env.root.join("browser.log");
+    let path = oc.env.root.join("browser");
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\n", log.display()),
+    )
+    .expect("write browser");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    oc.env.set("BROWSER", &path.to_string_lossy());
+    log
+}
+
+/// The values of a select prompt's options.
+fn option_values(prompt: &Value) -> Vec<&str> {
+    prompt["options"]
+        .as_array()
+        .map(|o| o.iter().filter_map(|x| x["value"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// The login menu as the plugin's auth method gives it to `opencode auth login`: the pool
+/// (how many accounts, each one's email and state) in the first prompt; add, replace and remove
+/// (picked from the list, not typed), start fresh.
 #[test]
-fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
+fn oauth_method_prompts_show_the_pool_and_offer_picks_from_it() {
     let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
         return;
     };
     let mock = Mock::start();
-    let oc = Oc::new(&mock);
+    let mut oc = Oc::new(&mock);
+    oc.env.set("TZ", "UTC");
     oc.env.expect(&["opencode", "install"], 0);
 
     let d = node_step(&oc, &node, json!({"step": "describe"}));
     assert_eq!(d[0]["provider"], "qwen");
     let m = &d[0]["methods"][0];
     assert_eq!(m["type"], "oauth");
-    assert_eq!(m["prompts"][0]["type"], "select");
-    let values: Vec<&str> = m["prompts"][0]["options"]
-        .as_array()
-        .map(|o| o.iter().filter_map(|x| x["value"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(values, ["add", "fresh", "replace"]);
+    let prompts = m["prompts"].as_array().expect("prompts");
+    assert_eq!(prompts.len(), 1, "{prompts:?}");
+    assert_eq!(prompts[0]["type"], "select");
     assert_eq!(
-        m["prompts"][1]["when"],
-        json!({"key": "mode", "op": "eq", "value": "replace"})
+        prompts[0]["message"],
+        "Qwen accounts in qwen-cred: none yet"
     );
+    assert_eq!(option_values(&prompts[0]), ["add"]);
+
+    let mut store = util::store_with(3);
+    let cools = now_ms() + 3 * 3_600_000;
+    store["accounts"][1]["rate_limit_resets_at"] = json!(cools);
+    store["accounts"][1]["rate_limit_reason"] = json!("quota");
+    store["accounts"][2]["status"] = json!("revoked");
+    oc.write_store(&store);
+    let d = node_step(&oc, &node, json!({"step": "describe"}));
+    let prompts = d[0]["methods"][0]["prompts"].as_array().expect("prompts");
+    assert_eq!(prompts.len(), 3, "{prompts:?}");
+    let head = prompts[0]["message"].as_str().unwrap_or_default();
+    let lines: Vec<&str> = head.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "Qwen accounts in qwen-cred: 3",
+            "- 1  user1@example.com  current",
+            &format!(
+                "- 2  user2@example.com  cooling down until {} (quota)",
+                utc_clock(cools)
+            ),
+            "- 3  user3@example.com  revoked: sign in as it again to revive it",
+        ],
+        "{head}"
+    );
+    assert_eq!(
+        option_values(&prompts[0]),
+        ["add", "replace", "remove", "fresh"]
+    );
+    for (p, key) in prompts[1..].iter().zip(["replace", "remove"]) {
+        assert_eq!(p["type"], "select", "{p}");
+        assert_eq!(p["key"], key);
+        assert_eq!(p["when"], json!({"key": "mode", "op": "eq", "value": key}));
+        assert_eq!(option_values(p), ["1", "2", "3"]);
+        assert_eq!(p["options"][0]["label"], "1  user1@example.com");
+        assert_eq!(
+            p["options"][2]["hint"],
+            "revoked: sign in as it again to revive it"
+        );
+    }
+}
+
+/// `opencode auth login`'s side of the plugin: authorize (URL and code; the browser opened),
+/// callback, each choice of the menu, and a failed login that says why.
+#[test]
+fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let mut oc = Oc::new(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+    let browser = recording_browser(&mut oc);
 
     // Empty pool: add.
     mock.push_approval(mock.approval(Some("new@example.com")));
@@ -669,6 +746,12 @@ fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
     let s = oc.read_store();
     assert_eq!(s["accounts"].as_array().map(Vec::len), Some(1));
     assert_eq!(s["accounts"][0]["email"], "new@example.com");
+    // qwen-cred opened the browser on the link, as `qwen-cred login` does.
+    assert_eq!(
+        std::fs::read_to_string(&browser).unwrap_or_default(),
+        format!("{url}\n")
+    );
+    assert!(!oc.argv_log().contains("--no-browser"), "{}", oc.argv_log());
 
     // Full pool: "add" explains the choices and changes nothing; "replace" and "fresh" work.
     oc.write_store(&util::store_with(10));
@@ -679,7 +762,7 @@ fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
     );
     let msg = r[0]["error"].as_str().unwrap_or_default();
     assert!(
-        msg.contains("Replace one account") && msg.contains("Start fresh"),
+        msg.contains("Replace an account") && msg.contains("Start fresh"),
         "{r:?}"
     );
     assert_eq!(refresh_tokens(&oc.read_store()).len(), 10);
@@ -689,12 +772,35 @@ fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
         &node,
         json!({"step": "login", "inputs": {"mode": "replace", "replace": "3"}}),
     );
+    assert!(
+        r[0]["instructions"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("in place of account 3"),
+        "{r:?}"
+    );
     assert_eq!(r[1]["result"]["type"], "success", "{r:?}");
     let rts = refresh_tokens(&oc.read_store());
     assert_eq!(rts.len(), 10);
     assert!(!rts.contains(&"rt-3".to_string()), "{rts:?}");
     let newest = mock.state(|s| s.issued.last().map(|i| i.refresh_token.clone()));
     assert!(newest.is_some_and(|t| rts.contains(&t)));
+
+    // Remove: no login; OpenCode shows what was removed and what is left.
+    let r = node_step(
+        &oc,
+        &node,
+        json!({"step": "login", "inputs": {"mode": "remove", "remove": "2"}}),
+    );
+    assert_eq!(r[0]["url"], "", "{r:?}");
+    assert_eq!(
+        r[0]["instructions"],
+        "Removed account 2 (user2@example.com) from qwen-cred's pool; 9 left."
+    );
+    assert_eq!(r[1]["result"]["type"], "success", "{r:?}");
+    let rts = refresh_tokens(&oc.read_store());
+    assert_eq!(rts.len(), 9);
+    assert!(!rts.contains(&"rt-2".to_string()), "{rts:?}");
 
     let r = node_step(
         &oc,
@@ -704,7 +810,8 @@ fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
     assert_eq!(r[1]["result"]["type"], "success", "{r:?}");
     assert_eq!(refresh_tokens(&oc.read_store()).len(), 1);
 
-    // A denied login: the URL is shown, then the callback reports failure.
+    // A denied login: the URL is shown, then the callback fails saying why (OpenCode prints
+    // "Failed to authorize: " and the message), and a toast says it too.
     mock.push_approval(Approval {
         outcome: Outcome::Deny,
         ..Approval::default()
@@ -715,11 +822,19 @@ fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
         json!({"step": "login", "inputs": {"mode": "add"}}),
     );
     assert_eq!(r[0]["method"], "auto", "{r:?}");
-    assert_eq!(r[1]["result"], json!({"type": "failed"}));
+    assert_eq!(r[1]["name"], "QwenCredError", "{r:?}");
+    let why = r[1]["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("login failed") && why.contains("denied"),
+        "{why}"
+    );
+    let toasts = toasts_of(&r);
+    assert_eq!(toasts.len(), 1, "{toasts:?}");
+    assert_eq!(toasts[0]["variant"], "error");
+    assert_eq!(toasts[0]["message"], why);
     assert_eq!(refresh_tokens(&oc.read_store()).len(), 1);
-    assert!(oc
-        .argv_log()
-        .contains("login --json --no-browser --replace 3"));
+    assert!(oc.argv_log().contains("login --json --replace 3"));
+    assert!(oc.argv_log().contains("remove 2"));
 }
 
 /// The loader's fetch without OpenCode: a 401 costs one forced refresh; a 403 quota text and
@@ -1069,29 +1184,14 @@ impl Drop for Tmux<'_> {
     }
 }
 
-/// `opencode auth login` for real, under tmux: pick Qwen, "Add an account", and OpenCode shows
-/// the mock's URL, waits for the approval and stores the marker in its auth.json.
-#[test]
-fn opencode_auth_login_adds_an_account_under_tmux() {
-    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
-        return;
-    };
-    let Some(tmux) = program("QWEN_CRED_TEST_TMUX", "tmux") else {
-        return;
-    };
-    let mock = Mock::start();
-    let oc = Oc::new(&mock);
-    oc.env.expect(&["opencode", "install"], 0);
-    link_plugin_package(&oc.dir);
-    mock.push_approval(Approval {
-        pending_polls: 2,
-        ..mock.approval(Some("tmux@example.com"))
-    });
-
+/// `opencode auth login` under tmux in `oc`'s environment, up to the plugin's first prompt
+/// (the pool); `expect` is a line that prompt must show. Each `run` gets its own tmux server:
+/// one just killed may still hold its socket.
+fn auth_login<'a>(oc: &'a Oc, opencode: &Path, tmux: PathBuf, run: &str, expect: &str) -> Tmux<'a> {
     let t = Tmux {
-        oc: &oc,
+        oc,
         tmux,
-        socket: oc.env.root.join("tmux.sock"),
+        socket: oc.env.root.join(format!("tmux-{run}.sock")),
     };
     let script = format!(
         "'{}' auth login; echo \"opencode exited: $?\"; sleep 120",
@@ -1115,6 +1215,37 @@ fn opencode_auth_login_adds_an_account_under_tmux() {
     t.cmd(&["send-keys", "-t", "oc", "qwen"]);
     t.wait_for("(1 match)", 30);
     t.cmd(&["send-keys", "-t", "oc", "Enter"]);
+    t.wait_for(expect, 30);
+    t
+}
+
+/// `opencode auth login` for real, under tmux: pick Qwen, see the empty pool, "Add an
+/// account", and OpenCode shows the mock's URL, waits for the approval and stores the marker
+/// in its auth.json.
+#[test]
+fn opencode_auth_login_adds_an_account_under_tmux() {
+    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
+        return;
+    };
+    let Some(tmux) = program("QWEN_CRED_TEST_TMUX", "tmux") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+    link_plugin_package(&oc.dir);
+    mock.push_approval(Approval {
+        pending_polls: 2,
+        ..mock.approval(Some("tmux@example.com"))
+    });
+
+    let t = auth_login(
+        &oc,
+        &opencode,
+        tmux,
+        "add",
+        "Qwen accounts in qwen-cred: none yet",
+    );
     t.wait_for("Add an account", 30);
     t.cmd(&["send-keys", "-t", "oc", "Enter"]);
     let screen = t.wait_for("opencode exited: 0", 90);
@@ -1133,7 +1264,112 @@ fn opencode_auth_login_adds_an_account_under_tmux() {
     let s = oc.read_store();
     assert_eq!(s["accounts"].as_array().map(Vec::len), Some(1));
     assert_eq!(s["accounts"][0]["email"], "tmux@example.com");
-    assert!(oc.argv_log().contains("login --json --no-browser"));
+    assert!(oc.argv_log().contains("login --json"));
+}
+
+/// The menu of the real `opencode auth login` with accounts in the pool: it lists them with
+/// their state; "Replace an account" and "Remove an account" pick from that list with the
+/// arrow keys; a denied login ends with OpenCode saying why.
+#[test]
+fn opencode_auth_login_shows_the_pool_and_replaces_or_removes_a_picked_account() {
+    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
+        return;
+    };
+    let Some(tmux) = program("QWEN_CRED_TEST_TMUX", "tmux") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+    link_plugin_package(&oc.dir);
+    let mut store = util::store_with(3);
+    store["accounts"][1]["rate_limit_resets_at"] = json!(now_ms() + 3_600_000);
+    store["accounts"][1]["rate_limit_reason"] = json!("quota");
+    oc.write_store(&store);
+    let emails = |oc: &Oc| -> Vec<String> {
+        oc.read_store()["accounts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["email"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // Replace account 2, picked as the second entry of the list.
+    mock.push_approval(mock.approval(Some("picked@example.com")));
+    let t = auth_login(
+        &oc,
+        &opencode,
+        tmux.clone(),
+        "replace",
+        "Qwen accounts in qwen-cred: 3",
+    );
+    let screen = t.wait_for("Start fresh", 30);
+    assert!(screen.contains("1  user1@example.com  current"), "{screen}");
+    assert!(
+        screen.contains("2  user2@example.com  cooling down until"),
+        "{screen}"
+    );
+    assert!(screen.contains("3  user3@example.com  ok"), "{screen}");
+    t.cmd(&["send-keys", "-t", "oc", "Down", "Enter"]);
+    t.wait_for("Account to replace", 30);
+    t.cmd(&["send-keys", "-t", "oc", "Down", "Enter"]);
+    let screen = t.wait_for("opencode exited: 0", 90);
+    assert!(screen.contains("Login successful"), "{screen}");
+    assert!(screen.contains("in place of account 2"), "{screen}");
+    assert_eq!(
+        emails(&oc),
+        [
+            "user1@example.com",
+            "picked@example.com",
+            "user3@example.com"
+        ]
+    );
+    drop(t);
+
+    // Remove account 1, the first entry.
+    let t = auth_login(
+        &oc,
+        &opencode,
+        tmux.clone(),
+        "remove",
+        "Qwen accounts in qwen-cred: 3",
+    );
+    t.wait_for("Start fresh", 30);
+    t.cmd(&["send-keys", "-t", "oc", "Down", "Down", "Enter"]);
+    t.wait_for("Account to remove", 30);
+    t.cmd(&["send-keys", "-t", "oc", "Enter"]);
+    let screen = t.wait_for("opencode exited: 0", 60);
+    assert!(
+        screen.contains("Removed account 1 (user1@example.com) from qwen-cred's pool; 2 left."),
+        "{screen}"
+    );
+    assert_eq!(emails(&oc), ["picked@example.com", "user3@example.com"]);
+    drop(t);
+
+    // A denied login: OpenCode's "Failed to authorize" says why.
+    mock.push_approval(Approval {
+        outcome: Outcome::Deny,
+        ..Approval::default()
+    });
+    let t = auth_login(
+        &oc,
+        &opencode,
+        tmux,
+        "deny",
+        "Qwen accounts in qwen-cred: 2",
+    );
+    t.wait_for("Start fresh", 30);
+    t.cmd(&["send-keys", "-t", "oc", "Enter"]);
+    let screen = t.wait_for("opencode exited: 1", 90);
+    assert!(
+        screen.contains("Failed to authorize: Qwen: login failed: "),
+        "{screen}"
+    );
+    assert!(screen.contains("denied"), "{screen}");
+    assert_eq!(emails(&oc), ["picked@example.com", "user3@example.com"]);
 }
 
 /// The local wall-clock time "HH:MM" the plugin shows for `ms` with TZ=UTC.
