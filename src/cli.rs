@@ -86,6 +86,9 @@ pub struct Report429 {
     /// never sleep or wait; exit at once
     #[argh(switch)]
     pub no_wait: bool,
+    /// print the decision as one JSON line on stdout, before any wait
+    #[argh(switch)]
+    pub json: bool,
 }
 
 #[derive(FromArgs, Debug)]

@@ -56,8 +56,10 @@ macro_rules! settings {
             about: $about,
         }),*];
 
-        /// The effective value of every key (files.md, The config), typed.
+        /// The effective value of every key (files.md, The config), typed. Some are read by
+        /// the OpenCode plugin alone, through `config --json` (`quiet_mode`).
         #[derive(Debug, Clone)]
+        #[allow(dead_code)]
         pub struct Settings {
             $(#[doc = $about] pub $name: $rust,)*
         }
@@ -123,6 +125,8 @@ settings! {
         "API host when a token has none.";
     sync_qwen_cli: bool = true, Ty::Bool,
         "Keep an account imported from the Qwen CLI in step with its file.";
+    quiet_mode: bool = false, Ty::Bool,
+        "The OpenCode plugin shows no toasts (account moves, waits, revocations).";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
