@@ -3,6 +3,8 @@
 
 use argh::FromArgs;
 
+pub use crate::pool::Name as PoolName;
+
 #[derive(FromArgs, Debug)]
 /// Keeps a pool of Qwen OAuth accounts signed in and prints a valid access token, rotating to
 /// the next account when one is rate-limited.
@@ -10,8 +12,42 @@ pub struct Cli {
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
     #[argh(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// The pool the command line names, before the command (`qwen-cred --pool P token`) or
+    /// after it (`qwen-cred token --pool P`); both only when they agree. `None`: not named
+    /// (then `$QWEN_CRED_POOL`, else the default pool).
+    pub fn pool(&self) -> Result<Option<&PoolName>, String> {
+        let after = match &self.command {
+            None => None,
+            Some(Command::Token(a)) => a.pool.as_ref(),
+            Some(Command::Report429(a)) => a.pool.as_ref(),
+            Some(Command::Login(a)) => a.pool.as_ref(),
+            Some(Command::Refresh(a)) => a.pool.as_ref(),
+            Some(Command::List(a)) => a.pool.as_ref(),
+            Some(Command::Use(a)) => a.pool.as_ref(),
+            Some(Command::Remove(a)) => a.pool.as_ref(),
+            Some(Command::Import(a)) => a.pool.as_ref(),
+            Some(Command::Config(a)) => a.pool.as_ref(),
+            Some(Command::Opencode(Opencode {
+                command: OpencodeCommand::Install(a),
+            })) => a.pool.as_ref(),
+        };
+        match (self.pool.as_ref(), after) {
+            (Some(a), Some(b)) if a != b => Err(format!(
+                "--pool is given twice, as {} and as {}; give it once",
+                a.arg(),
+                b.arg()
+            )),
+            (a, b) => Ok(a.or(b)),
+        }
+    }
 }
 
 #[derive(FromArgs, Debug)]
@@ -45,6 +81,9 @@ pub struct Token {
     /// exit 4 at once instead of waiting when every account is cooling down
     #[argh(switch)]
     pub no_wait: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +125,9 @@ pub struct Report429 {
     /// never sleep or wait; exit at once
     #[argh(switch)]
     pub no_wait: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -110,6 +152,9 @@ pub struct Login {
     /// print progress as JSON lines on stdout
     #[argh(switch)]
     pub json: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -128,6 +173,9 @@ pub struct Refresh {
     /// refresh even if the token is not due
     #[argh(switch)]
     pub force: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -137,6 +185,9 @@ pub struct List {
     /// print a JSON array instead of a table
     #[argh(switch)]
     pub json: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -146,6 +197,9 @@ pub struct Use {
     /// account id, or its email where unambiguous
     #[argh(positional)]
     pub id: String,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -158,6 +212,9 @@ pub struct Remove {
     /// delete every account
     #[argh(switch)]
     pub all: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -170,6 +227,9 @@ pub struct Import {
     /// email to show for this account
     #[argh(option)]
     pub email: Option<String>,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -182,6 +242,9 @@ pub struct ConfigCmd {
     /// print the JSON Schema of qwen.json
     #[argh(switch)]
     pub schema: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -208,6 +271,9 @@ pub struct OpencodeInstall {
     /// print what would be done, change nothing
     #[argh(switch)]
     pub dry_run: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 /// The most seconds `--min-valid` and `--timeout` take: 365 days. More is a mistake (tokens

@@ -802,6 +802,7 @@ fn config_parse_never_panics_and_accepts_only_valid_values() {
                     settings: crate::config::Settings::from_resolved(&values),
                     values,
                     dir: PathBuf::new(),
+                    pool: crate::pool::Pool::new(std::path::Path::new(""), None),
                     config_path: PathBuf::new(),
                     qwen_dir: PathBuf::new(),
                     opencode_auth_file: PathBuf::new(),

@@ -12,6 +12,7 @@ mod journal;
 mod lock;
 mod msg;
 mod oauth;
+mod pool;
 mod qwen_cli;
 mod refresh;
 mod rotation;

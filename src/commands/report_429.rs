@@ -39,7 +39,7 @@ pub fn run(cfg: &Config, args: &Report429) -> Result<()> {
     };
     let who = args.account.clone().or_else(|| cfg.account_id_env.clone());
     let (outcome, id, soonest, any_usable) =
-        crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+        crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
             if s.accounts.is_empty() {
                 return Err(Error::no_account(&[]));
             }
