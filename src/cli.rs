@@ -265,6 +265,15 @@ pub enum OpencodeCommand {
 /// Write the qwen-cred plugin into OpenCode's plugin folder and print the provider block.
 #[argh(subcommand, name = "install")]
 pub struct OpencodeInstall {
+    /// for a named pool, the OpenCode provider to serve from it (e.g. qwen-coding-plan)
+    #[argh(option)]
+    pub provider: Option<String>,
+    /// for a named pool, its provider's API base URL (default: the Qwen OAuth API)
+    #[argh(option)]
+    pub base_url: Option<String>,
+    /// for a named pool, a model its provider offers; repeat for more (default: coder-model, vision-model)
+    #[argh(option)]
+    pub model: Vec<String>,
     /// also add the provider block to opencode.json (plain JSON only; a backup is kept)
     #[argh(switch)]
     pub write_config: bool,

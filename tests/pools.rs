@@ -364,7 +364,11 @@ fn a_bad_pool_name_is_exit_2_and_creates_nothing() {
         long.as_str(),
         "",
     ] {
-        for args in [vec!["token", "--pool", name], vec!["--pool", name, "list"]] {
+        for args in [
+            vec!["token", "--pool", name],
+            vec!["--pool", name, "list"],
+            vec!["opencode", "install", "--pool", name, "--provider", "p"],
+        ] {
             let (out, err) = env.expect(&args, 2);
             assert!(out.is_empty(), "{args:?}: {out}");
             assert!(err.contains("invalid pool name"), "{args:?}: {err}");
@@ -490,4 +494,186 @@ fn subcommands(help: &str) -> Vec<String> {
         .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
         .filter_map(|l| l.split_whitespace().next().map(String::from))
         .collect()
+}
+
+#[test]
+fn opencode_install_adds_a_provider_served_from_the_pool() {
+    let env = Env::new();
+    let dir = env.config_dir();
+    let config = dir.join("opencode.json");
+    let auth_file = env.root.join("home/.local/share/opencode/auth.json");
+    env.expect(&["opencode", "install", "--write-config"], 0);
+    let with_qwen = std::fs::read(&config).expect("read");
+    let qwen: Value = serde_json::from_slice(&with_qwen).expect("json");
+
+    let args = [
+        "opencode",
+        "install",
+        "--pool",
+        "coding",
+        "--provider",
+        "qwen-coding-plan",
+        "--base-url",
+        "https://coding-intl.dashscope.aliyuncs.com/v1",
+        "--model",
+        "qwen3-coder-plus",
+        "--model",
+        "qwen3-coder-next",
+    ];
+    let (out, _) = env.expect(&args[..], 0);
+    let expected = json!({
+        "npm": "@ai-sdk/openai-compatible",
+        "name": "Qwen, pool coding (qwen-cred)",
+        "options": {
+            "baseURL": "https://coding-intl.dashscope.aliyuncs.com/v1",
+            "qwenCredPool": "coding",
+        },
+        "models": {
+            "qwen3-coder-plus": {"name": "qwen3-coder-plus"},
+            "qwen3-coder-next": {"name": "qwen3-coder-next"},
+        },
+    });
+    let shown: Value = serde_json::from_str(&out).expect("stdout is the provider block");
+    assert_eq!(shown, json!({"provider": {"qwen-coding-plan": expected}}));
+    assert_eq!(
+        std::fs::read(&config).expect("read"),
+        with_qwen,
+        "printed only"
+    );
+
+    let mut write = args.to_vec();
+    write.push("--write-config");
+    let (_, err) = env.expect(&write, 0);
+    assert!(err.contains("qwen-cred login --pool coding"), "{err}");
+    let merged: Value =
+        serde_json::from_slice(&std::fs::read(&config).expect("read")).expect("json");
+    assert_eq!(merged["provider"]["qwen"], qwen["provider"]["qwen"]);
+    assert_eq!(merged["provider"]["qwen-coding-plan"], expected);
+    let providers: Vec<&String> = merged["provider"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(providers, ["qwen", "qwen-coding-plan"]);
+    let auth: Value =
+        serde_json::from_slice(&std::fs::read(&auth_file).expect("auth.json")).expect("json");
+    let marker = json!({"type": "oauth", "access": "qwen-cred", "refresh": "qwen-cred", "expires": 4102444800000_i64});
+    assert_eq!(auth["qwen"], marker);
+    assert_eq!(auth["qwen-coding-plan"], marker);
+    // The same plugin serves both: one file.
+    assert_eq!(names(&dir.join("plugin")), ["qwen-cred.js"]);
+    // No pool store is made by installing.
+    assert!(!pool_store(&env, "coding").exists());
+
+    // Idempotent; QWEN_CRED_POOL is --pool here too.
+    let before = std::fs::read(&config).expect("read");
+    let (_, err) = env.expect(&write, 0);
+    assert!(
+        err.contains("already has a \"qwen-coding-plan\" provider"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&config).expect("read"), before);
+    let mut by_env = Env::new();
+    by_env.set("QWEN_CRED_POOL", "coding");
+    let (out, _) = by_env.expect(
+        &args[..2]
+            .iter()
+            .chain(&args[4..])
+            .copied()
+            .collect::<Vec<_>>(),
+        0,
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).ok(),
+        Some(shown.clone())
+    );
+
+    // No --model: the Qwen OAuth models; no --base-url: the Qwen OAuth API.
+    let (out, _) = env.expect(
+        &[
+            "opencode",
+            "install",
+            "--pool",
+            "oauth2",
+            "--provider",
+            "qwen-2",
+        ],
+        0,
+    );
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        v["provider"]["qwen-2"]["options"]["baseURL"],
+        "https://portal.qwen.ai/v1"
+    );
+    assert_eq!(v["provider"]["qwen-2"]["options"]["qwenCredPool"], "oauth2");
+    assert!(v["provider"]["qwen-2"]["models"]["coder-model"].is_object());
+
+    // Mistakes are exit 2 and change nothing.
+    for (bad, says) in [
+        (
+            vec!["opencode", "install", "--pool", "coding"],
+            "needs --provider",
+        ),
+        (
+            vec!["opencode", "install", "--provider", "x"],
+            "go with --pool",
+        ),
+        (
+            vec!["opencode", "install", "--model", "m"],
+            "go with --pool",
+        ),
+        (
+            vec![
+                "opencode",
+                "install",
+                "--pool",
+                "coding",
+                "--provider",
+                "qwen",
+            ],
+            "default pool's",
+        ),
+        (
+            vec![
+                "opencode",
+                "install",
+                "--pool",
+                "coding",
+                "--provider",
+                "a b",
+            ],
+            "invalid provider id",
+        ),
+        (
+            vec![
+                "opencode",
+                "install",
+                "--pool",
+                "coding",
+                "--provider",
+                "p",
+                "--base-url",
+                "http://example.com/v1",
+            ],
+            "--base-url",
+        ),
+        (
+            vec![
+                "opencode",
+                "install",
+                "--pool",
+                "coding",
+                "--provider",
+                "p",
+                "--model",
+                "two words",
+            ],
+            "invalid model id",
+        ),
+    ] {
+        let mut a = bad.clone();
+        a.push("--write-config");
+        let (out, err) = env.expect(&a, 2);
+        assert!(out.is_empty() && err.contains(says), "{bad:?}: {err}");
+    }
+    assert_eq!(std::fs::read(&config).expect("read"), before);
 }
