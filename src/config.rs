@@ -219,17 +219,7 @@ impl Config {
             Some(crate::pool::Name(n)) => n.clone(),
             None => pool_env.clone(),
         };
-        let account_id_env = env("QWEN_CRED_ACCOUNT_ID").filter(|id| {
-            let ours = pool_name == pool_env;
-            if !ours {
-                crate::msg::debug(&format!(
-                    "QWEN_CRED_ACCOUNT_ID={id:?} is ignored: it names an account of pool {}, not of pool {}",
-                    pool_env.as_deref().unwrap_or(crate::pool::DEFAULT),
-                    pool_name.as_deref().unwrap_or(crate::pool::DEFAULT)
-                ));
-            }
-            ours
-        });
+        let account_id_env = env("QWEN_CRED_ACCOUNT_ID").filter(|_| pool_name == pool_env);
         let pool = crate::pool::Pool::new(&dir, pool_name);
         let config_path = dir.join("qwen.json");
         warn_if_open_to_others(&dir);
