@@ -3,6 +3,8 @@
 
 use argh::FromArgs;
 
+pub use crate::pool::Name as PoolName;
+
 #[derive(FromArgs, Debug)]
 /// Keeps a pool of Qwen OAuth accounts signed in and prints a valid access token, rotating to
 /// the next account when one is rate-limited.
@@ -10,8 +12,42 @@ pub struct Cli {
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
     #[argh(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// The pool the command line names, before the command (`qwen-cred --pool P token`) or
+    /// after it (`qwen-cred token --pool P`); both only when they agree. `None`: not named
+    /// (then `$QWEN_CRED_POOL`, else the default pool).
+    pub fn pool(&self) -> Result<Option<&PoolName>, String> {
+        let after = match &self.command {
+            None => None,
+            Some(Command::Token(a)) => a.pool.as_ref(),
+            Some(Command::Report429(a)) => a.pool.as_ref(),
+            Some(Command::Login(a)) => a.pool.as_ref(),
+            Some(Command::Refresh(a)) => a.pool.as_ref(),
+            Some(Command::List(a)) => a.pool.as_ref(),
+            Some(Command::Use(a)) => a.pool.as_ref(),
+            Some(Command::Remove(a)) => a.pool.as_ref(),
+            Some(Command::Import(a)) => a.pool.as_ref(),
+            Some(Command::Config(a)) => a.pool.as_ref(),
+            Some(Command::Opencode(Opencode {
+                command: OpencodeCommand::Install(a),
+            })) => a.pool.as_ref(),
+        };
+        match (self.pool.as_ref(), after) {
+            (Some(a), Some(b)) if a != b => Err(format!(
+                "--pool is given twice, as {} and as {}; give it once",
+                a.arg(),
+                b.arg()
+            )),
+            (a, b) => Ok(a.or(b)),
+        }
+    }
 }
 
 #[derive(FromArgs, Debug)]
@@ -45,6 +81,9 @@ pub struct Token {
     /// exit 4 at once instead of waiting when every account is cooling down
     #[argh(switch)]
     pub no_wait: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +128,9 @@ pub struct Report429 {
     /// print the decision as one JSON line on stdout, before any wait
     #[argh(switch)]
     pub json: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -113,6 +155,9 @@ pub struct Login {
     /// print progress as JSON lines on stdout
     #[argh(switch)]
     pub json: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -131,6 +176,9 @@ pub struct Refresh {
     /// refresh even if the token is not due
     #[argh(switch)]
     pub force: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -140,6 +188,9 @@ pub struct List {
     /// print a JSON array instead of a table
     #[argh(switch)]
     pub json: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -149,6 +200,9 @@ pub struct Use {
     /// account id, or its email where unambiguous
     #[argh(positional)]
     pub id: String,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -161,6 +215,9 @@ pub struct Remove {
     /// delete every account
     #[argh(switch)]
     pub all: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -173,6 +230,9 @@ pub struct Import {
     /// email to show for this account
     #[argh(option)]
     pub email: Option<String>,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -185,6 +245,9 @@ pub struct ConfigCmd {
     /// print the JSON Schema of qwen.json
     #[argh(switch)]
     pub schema: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -205,12 +268,24 @@ pub enum OpencodeCommand {
 /// Write the qwen-cred plugin into OpenCode's plugin folder and print the provider block.
 #[argh(subcommand, name = "install")]
 pub struct OpencodeInstall {
+    /// for a named pool, the OpenCode provider to serve from it (e.g. qwen-coding-plan)
+    #[argh(option)]
+    pub provider: Option<String>,
+    /// for a named pool, its provider's API base URL (default: the Qwen OAuth API)
+    #[argh(option)]
+    pub base_url: Option<String>,
+    /// for a named pool, a model its provider offers; repeat for more (default: coder-model, vision-model)
+    #[argh(option)]
+    pub model: Vec<String>,
     /// also add the provider block to opencode.json (plain JSON only; a backup is kept)
     #[argh(switch)]
     pub write_config: bool,
     /// print what would be done, change nothing
     #[argh(switch)]
     pub dry_run: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
 }
 
 /// The most seconds `--min-valid` and `--timeout` take: 365 days. More is a mistake (tokens

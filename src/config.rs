@@ -152,13 +152,17 @@ pub struct Config {
     /// Each key's effective value and where it came from, in table order.
     pub values: Vec<(&'static str, Value, Source)>,
     pub dir: PathBuf,
+    /// The pool this command works on: `--pool`, else `QWEN_CRED_POOL`, else the default.
+    pub pool: crate::pool::Pool,
     pub config_path: PathBuf,
     /// `QWEN_CRED_QWEN_DIR`, else `$QWEN_HOME` (the Qwen CLI's override), else `~/.qwen`.
     pub qwen_dir: PathBuf,
     /// OpenCode's credentials: `$XDG_DATA_HOME/opencode/auth.json`, else
     /// `~/.local/share/opencode/auth.json`.
     pub opencode_auth_file: PathBuf,
-    /// `QWEN_CRED_ACCOUNT_ID`: default account of report-429.
+    /// `QWEN_CRED_ACCOUNT_ID`: default account of report-429. Ids are per pool, so it is
+    /// taken only for the pool `QWEN_CRED_POOL` names (the default pool when unset), the pool
+    /// `token --format env` printed it with.
     pub account_id_env: Option<String>,
     /// `$BROWSER`.
     pub browser: Option<String>,
@@ -169,8 +173,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the environment and `qwen.json`. Every problem is exit 6 naming key and value.
-    pub fn load() -> Result<Config> {
+    /// Reads the environment and `qwen.json`. Every problem is exit 6 naming key and value,
+    /// but a bad `QWEN_CRED_POOL`, which is exit 2 as a bad `--pool` is. `pool_arg` is the
+    /// pool the command line names, which wins over `QWEN_CRED_POOL`.
+    pub fn load(pool_arg: Option<&crate::pool::Name>) -> Result<Config> {
         let home = dirs::home_dir();
         let dir = match env("QWEN_CRED_CONFIG_DIR") {
             Some(d) => PathBuf::from(d),
@@ -207,6 +213,18 @@ impl Config {
             None => home.unwrap_or_default().join(".local/share"),
         }
         .join("opencode/auth.json");
+        let pool_env = match env("QWEN_CRED_POOL") {
+            None => None,
+            Some(v) => {
+                crate::pool::parse(&v).map_err(|e| Error::Usage(format!("QWEN_CRED_POOL: {e}")))?
+            }
+        };
+        let pool_name = match pool_arg {
+            Some(crate::pool::Name(n)) => n.clone(),
+            None => pool_env.clone(),
+        };
+        let account_id_env = env("QWEN_CRED_ACCOUNT_ID").filter(|_| pool_name == pool_env);
+        let pool = crate::pool::Pool::new(&dir, pool_name);
         let config_path = dir.join("qwen.json");
         warn_if_open_to_others(&dir);
         let file = read_config_file(&config_path)?;
@@ -218,10 +236,11 @@ impl Config {
             settings: Settings::from_resolved(&values),
             values,
             dir,
+            pool,
             config_path,
             qwen_dir,
             opencode_auth_file,
-            account_id_env: env("QWEN_CRED_ACCOUNT_ID"),
+            account_id_env,
             browser: env("BROWSER"),
             has_display: cfg!(target_os = "macos")
                 || env("DISPLAY").is_some()
@@ -231,7 +250,7 @@ impl Config {
     }
 
     pub fn store_path(&self) -> PathBuf {
-        crate::store::path(&self.dir)
+        crate::store::path(&self.pool)
     }
 
     pub fn qwen_cli_file(&self) -> PathBuf {
@@ -268,14 +287,15 @@ impl Config {
     }
 
     /// The Qwen CLI file to keep linked accounts in step with: `None` without
-    /// `sync_qwen_cli`.
+    /// `sync_qwen_cli`, and in a named pool (the Qwen CLI's login lives in the default pool
+    /// only: one OAuth account in two pools would be refreshed under two refresh locks).
     pub fn synced_qwen_cli_file(&self) -> Option<PathBuf> {
-        self.settings.sync_qwen_cli.then(|| self.qwen_cli_file())
+        (self.settings.sync_qwen_cli && self.pool.is_default()).then(|| self.qwen_cli_file())
     }
 
     pub fn refresh_settings(&self) -> crate::refresh::Settings {
         crate::refresh::Settings {
-            dir: self.dir.clone(),
+            pool: self.pool.clone(),
             lock_timeout: self.lock_timeout(),
             qwen_cli_file: self.synced_qwen_cli_file(),
             oauth: self.oauth_settings(),
@@ -1036,6 +1056,7 @@ mod proptests {
                         settings: Settings::from_resolved(&values),
                         values,
                         dir: PathBuf::new(),
+                        pool: crate::pool::Pool::new(Path::new(""), None),
                         config_path: PathBuf::new(),
                         qwen_dir: PathBuf::new(),
                         opencode_auth_file: PathBuf::new(),

@@ -5,10 +5,11 @@
 //! a disk that fills up or a store directory made read-only meanwhile cannot stop the answer
 //! from being written, and a store lock held by a stopped process does not matter.
 //!
-//! One file per account, `D/qwen-accounts.refresh-ID.journal`, 0600, only ever touched while
+//! One file per account and pool, `D/qwen-accounts[.POOL].refresh-ID.journal`, 0600, only ever touched while
 //! holding that account's refresh lock. Blank (reserved, never written) means nothing pending.
 
 use crate::error::{Error, Result};
+use crate::pool::Pool;
 use crate::qwen_cli::Creds;
 use crate::secret::Secret;
 use serde_json::{json, Value};
@@ -22,8 +23,8 @@ const RESERVE: usize = 16 * 1024;
 /// A journal is never read beyond this: anything larger is not ours.
 const MAX_READ: u64 = 1024 * 1024;
 
-pub fn path(dir: &Path, account_id: &str) -> PathBuf {
-    crate::lock::account_file(dir, account_id, "journal")
+pub fn path(pool: &Pool, account_id: &str) -> PathBuf {
+    pool.account_file(account_id, "journal")
 }
 
 /// Space for one refresh answer, held open until recorded or discarded.
@@ -50,8 +51,8 @@ impl Entry {
 impl Journal {
     /// Creates the journal of `account_id` with room for an answer, synced, directory entry
     /// included. The caller holds the account's refresh lock and has folded any pending one.
-    pub fn reserve(dir: &Path, account_id: &str) -> Result<Journal> {
-        let path = path(dir, account_id);
+    pub fn reserve(pool: &Pool, account_id: &str) -> Result<Journal> {
+        let path = path(pool, account_id);
         let fail = |e: std::io::Error| Error::io("cannot reserve the refresh journal", &path, e);
         let file = OpenOptions::new()
             .read(true)
@@ -64,7 +65,7 @@ impl Journal {
             .map_err(fail)?;
         file.write_all_at(&[b' '; RESERVE], 0).map_err(fail)?;
         file.sync_all().map_err(fail)?;
-        if let Ok(d) = File::open(dir) {
+        if let Some(d) = path.parent().and_then(|d| File::open(d).ok()) {
             d.sync_all().map_err(fail)?;
         }
         Ok(Journal { path, file })
@@ -101,8 +102,8 @@ impl Journal {
 
 /// The pending entry of `account_id`, if its journal holds one. A journal that cannot be
 /// read or parsed is moved aside (never overwritten) with a warning naming both files.
-pub fn pending(dir: &Path, account_id: &str) -> Result<Option<Entry>> {
-    let path = path(dir, account_id);
+pub fn pending(pool: &Pool, account_id: &str) -> Result<Option<Entry>> {
+    let path = path(pool, account_id);
     let bytes = match read(&path) {
         Ok(Some(b)) => b,
         Ok(None) => return Ok(None),
@@ -128,8 +129,8 @@ pub fn pending(dir: &Path, account_id: &str) -> Result<Option<Entry>> {
 }
 
 /// Whether account `account_id` has tokens waiting in its journal (for `list`).
-pub fn is_pending(dir: &Path, account_id: &str) -> bool {
-    matches!(read(&path(dir, account_id)), Ok(Some(b)) if !b.iter().all(u8::is_ascii_whitespace))
+pub fn is_pending(pool: &Pool, account_id: &str) -> bool {
+    matches!(read(&path(pool, account_id)), Ok(Some(b)) if !b.iter().all(u8::is_ascii_whitespace))
 }
 
 /// The journal's bytes; `None` when there is none.
@@ -173,8 +174,8 @@ fn parse(bytes: &[u8], account_id: &str) -> Option<Entry> {
 }
 
 /// Removes the journal of `account_id` once its entry is in the store (or was stale).
-pub fn remove(dir: &Path, account_id: &str) {
-    remove_file(&path(dir, account_id));
+pub fn remove(pool: &Pool, account_id: &str) {
+    remove_file(&path(pool, account_id));
 }
 
 fn remove_file(path: &Path) {
@@ -193,9 +194,11 @@ mod tests {
     fn reserve_record_pending_discard() {
         let dir = std::env::temp_dir().join(format!("qwen-cred-journal-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
-        assert!(pending(&dir, "7").ok().flatten().is_none(), "none yet");
-        let j = Journal::reserve(&dir, "7").expect("reserve");
-        assert!(!is_pending(&dir, "7"), "reserved is not pending");
+        let pool = Pool::new(&dir, None);
+        let other_pool = Pool::new(&dir, Some("other".into()));
+        assert!(pending(&pool, "7").ok().flatten().is_none(), "none yet");
+        let j = Journal::reserve(&pool, "7").expect("reserve");
+        assert!(!is_pending(&pool, "7"), "reserved is not pending");
         let creds = Creds {
             access_token: Secret::new("at-new"),
             refresh_token: Secret::new("rt-new"),
@@ -208,15 +211,18 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(j.path()).map(|m| m.permissions().mode() & 0o777);
         assert_eq!(mode.ok(), Some(0o600));
-        assert!(is_pending(&dir, "7"));
-        let e = pending(&dir, "7").ok().flatten().expect("pending entry");
+        assert!(is_pending(&pool, "7"));
+        let e = pending(&pool, "7").ok().flatten().expect("pending entry");
         assert!(e.spent(&spent) && !e.spent(&creds.refresh_token));
         assert_eq!(e.creds.refresh_token.expose(), "rt-new");
         assert_eq!(e.creds.expiry_date, 42);
         // Another account's journal is not this one's.
-        assert!(pending(&dir, "8").ok().flatten().is_none());
+        assert!(pending(&pool, "8").ok().flatten().is_none());
+        // Nor is another pool's journal of an account with the same id.
+        assert!(!is_pending(&other_pool, "7"));
+        assert!(pending(&other_pool, "7").ok().flatten().is_none());
         j.discard();
-        assert!(!path(&dir, "7").exists());
+        assert!(!path(&pool, "7").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

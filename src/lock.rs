@@ -1,12 +1,13 @@
 //! All locking: the store lock and the per-account refresh locks, each an `fd-lock` (flock)
 //! on a sidecar file that is never renamed or deleted, so the kernel frees it when a process
-//! dies and there are no stale locks. Order: a refresh lock is taken before the store lock,
+//! dies and there are no stale locks. Each pool has its own (pool.rs names them). Order: a refresh lock is taken before the store lock,
 //! never while holding it.
 
 use crate::error::{Error, Result};
+use crate::pool::Pool;
 use fd_lock::RwLock;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A held lock; dropping it closes the file, which releases the lock.
@@ -18,8 +19,8 @@ pub struct Held {
 const QUIET: Duration = Duration::from_millis(300);
 
 /// Lock guarding every read-modify-write of the store; not getting it in time is exit 6.
-pub fn store(dir: &Path, timeout: Duration) -> Result<Held> {
-    let path = dir.join("qwen-accounts.lock");
+pub fn store(pool: &Pool, timeout: Duration) -> Result<Held> {
+    let path = pool.lock_file();
     acquire(&path, timeout)?.ok_or_else(|| {
         Error::File(format!(
             "lock on {} not acquired within {} s (lock_timeout_seconds); another qwen-cred is still running",
@@ -31,29 +32,8 @@ pub fn store(dir: &Path, timeout: Duration) -> Result<Held> {
 
 /// Single-flight lock for refreshing one account, held across re-read, HTTP and persist.
 /// `None` when another process still holds it after `wait`: the caller serves what it can.
-pub fn refresh(dir: &Path, account_id: &str, wait: Duration) -> Result<Option<Held>> {
-    acquire(&refresh_lock_path(dir, account_id), wait)
-}
-
-fn refresh_lock_path(dir: &Path, account_id: &str) -> PathBuf {
-    account_file(dir, account_id, "lock")
-}
-
-/// `D/qwen-accounts.refresh-ID.EXT`: a file of one account beside the store (its refresh lock,
-/// its refresh journal).
-pub fn account_file(dir: &Path, account_id: &str, ext: &str) -> PathBuf {
-    // Ids come from a file a person may edit: keep only what is safe in a file name.
-    let safe: String = account_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    dir.join(format!("qwen-accounts.refresh-{safe}.{ext}"))
+pub fn refresh(pool: &Pool, account_id: &str, wait: Duration) -> Result<Option<Held>> {
+    acquire(&pool.account_file(account_id, "lock"), wait)
 }
 
 /// `None` when the lock is still taken after `timeout`.
@@ -142,7 +122,8 @@ mod tests {
         let target = d.join("target");
         std::os::unix::fs::symlink(&target, d.join("qwen-accounts.lock"))
             .unwrap_or_else(|e| panic!("{e}"));
-        let e = store(&d, Duration::ZERO)
+        let pool = Pool::new(&d, None);
+        let e = store(&pool, Duration::ZERO)
             .err()
             .map(|e| (e.exit_code(), e.to_string()));
         assert!(
@@ -154,7 +135,7 @@ mod tests {
         assert!(!target.exists());
         // A lock file of our own is fine.
         std::fs::remove_file(d.join("qwen-accounts.lock")).unwrap_or_else(|e| panic!("{e}"));
-        assert!(store(&d, Duration::ZERO).is_ok());
+        assert!(store(&pool, Duration::ZERO).is_ok());
         let _ = std::fs::remove_dir_all(&d);
     }
 }

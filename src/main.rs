@@ -10,6 +10,7 @@ mod journal;
 mod lock;
 mod msg;
 mod oauth;
+mod pool;
 mod qwen_cli;
 mod refresh;
 mod rotation;

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 /// What a refresh needs to know; `Config::refresh_settings` fills it in.
 pub struct Settings {
-    /// The store's directory, where the refresh locks and journals live too.
-    pub dir: PathBuf,
+    /// The pool: its store, store lock, refresh locks and journals.
+    pub pool: crate::pool::Pool,
     pub lock_timeout: Duration,
     /// The Qwen CLI file a linked account is kept in step with; `None` without
     /// `sync_qwen_cli`.
@@ -60,7 +60,7 @@ pub fn refresh_account(
     wait: Duration,
 ) -> Result<Refreshed> {
     let asked_at = crate::store::now_ms();
-    let Some(_flight) = crate::lock::refresh(&set.dir, id, wait)? else {
+    let Some(_flight) = crate::lock::refresh(&set.pool, id, wait)? else {
         return Ok(Refreshed::Busy(format!(
             "another qwen-cred has been refreshing account {id} for {} s (lock_timeout_seconds)",
             wait.as_secs()
@@ -70,7 +70,7 @@ pub fn refresh_account(
     if let Err(e) = fold_journal(set, id) {
         return Ok(Refreshed::Busy(format!(
             "the tokens of an earlier refresh wait in {} and cannot be stored yet ({e})",
-            journal::path(&set.dir, id).display()
+            journal::path(&set.pool, id).display()
         )));
     }
     let Some(current) = read_account(set, id)? else {
@@ -146,7 +146,7 @@ fn refresh_and_store(
     let client = oauth::Client::new(&set.oauth)?;
     // Once the request is sent the old refresh token may be spent: without room to keep the
     // answer, do not send it (the account stays alive; the caller serves what it can).
-    let journal = match Journal::reserve(&set.dir, id) {
+    let journal = match Journal::reserve(&set.pool, id) {
         Ok(j) => j,
         Err(e) => {
             crate::msg::warn(&format!("account {id}: not refreshed: {e}"));
@@ -178,7 +178,7 @@ fn refresh_and_store(
             }
             let reason = redact(&reason);
             let now = crate::store::now_ms();
-            let found = crate::store::update(&set.dir, set.lock_timeout, |s| {
+            let found = crate::store::update(&set.pool, set.lock_timeout, |s| {
                 let Some(a) = s.accounts.iter_mut().find(|a| a.id == id) else {
                     return Ok(false);
                 };
@@ -205,7 +205,7 @@ fn refresh_and_store(
             journal.discard();
             // Recorded so that callers queued behind this refresh do not repeat it at once.
             let now = crate::store::now_ms();
-            crate::store::update(&set.dir, set.lock_timeout, |s| {
+            crate::store::update(&set.pool, set.lock_timeout, |s| {
                 if let Some(a) = s.accounts.iter_mut().find(|a| a.id == id) {
                     if a.refresh_token == used {
                         a.refresh_failed_at = Some(now);
@@ -257,7 +257,7 @@ fn store_answer(
     if let Some(s) = sync {
         s.write_back(used, &new);
     }
-    let stored = crate::store::update(&set.dir, set.lock_timeout, |s| {
+    let stored = crate::store::update(&set.pool, set.lock_timeout, |s| {
         let Some(a) = s.accounts.iter_mut().find(|a| a.id == id) else {
             return Ok(None);
         };
@@ -306,10 +306,10 @@ fn store_answer(
 /// Folds a journal left by an earlier refresh of account `id` into the store: its tokens
 /// replace the spent refresh token it names. The caller holds the account's refresh lock.
 fn fold_journal(set: &Settings, id: &str) -> Result<()> {
-    let Some(entry) = journal::pending(&set.dir, id)? else {
+    let Some(entry) = journal::pending(&set.pool, id)? else {
         return Ok(());
     };
-    let folded = crate::store::update(&set.dir, set.lock_timeout, |s| {
+    let folded = crate::store::update(&set.pool, set.lock_timeout, |s| {
         Ok(match s.accounts.iter_mut().find(|a| a.id == id) {
             Some(a) if entry.spent(&a.refresh_token) => {
                 entry.creds.apply_to(a);
@@ -325,7 +325,7 @@ fn fold_journal(set: &Settings, id: &str) -> Result<()> {
         ));
     }
     // Best effort: a journal left behind is found spent next time and removed then.
-    journal::remove(&set.dir, id);
+    journal::remove(&set.pool, id);
     Ok(())
 }
 
@@ -336,7 +336,7 @@ fn update_account(
     id: &str,
     change: impl FnOnce(&mut Account) -> bool,
 ) -> Result<Option<Account>> {
-    crate::store::update(&set.dir, set.lock_timeout, |s| {
+    crate::store::update(&set.pool, set.lock_timeout, |s| {
         let a = s.accounts.iter_mut().find(|a| a.id == id);
         Ok(a.and_then(|a| change(a).then(|| a.clone())))
     })
@@ -347,7 +347,7 @@ fn update_account(
 fn report_unwritable(set: &Settings, dir: &std::path::Path, error: &str) {
     let now = crate::store::now_ms();
     let every = crate::qwen_cli::REPORT_UNWRITABLE_AGAIN_MS;
-    let due = crate::store::update(&set.dir, set.lock_timeout, |s| {
+    let due = crate::store::update(&set.pool, set.lock_timeout, |s| {
         let due = s
             .qwen_dir_unwritable_warned_at
             .is_none_or(|t| !(now - every..=now).contains(&t));
@@ -364,7 +364,7 @@ fn report_unwritable(set: &Settings, dir: &std::path::Path, error: &str) {
 
 /// The account as stored now; `None` once removed.
 fn read_account(set: &Settings, id: &str) -> Result<Option<Account>> {
-    let s = crate::store::load(&crate::store::path(&set.dir))?;
+    let s = crate::store::load(&crate::store::path(&set.pool))?;
     Ok(s.accounts.into_iter().find(|a| a.id == id))
 }
 

@@ -707,32 +707,32 @@ pub fn save(path: &Path, store: &Store) -> Result<()> {
     crate::files::write_locked(path, &store.to_json())
 }
 
-/// The store of the pool in `dir`.
-pub fn path(dir: &Path) -> std::path::PathBuf {
-    dir.join("qwen-accounts.json")
+/// The store file of `pool`.
+pub fn path(pool: &crate::pool::Pool) -> std::path::PathBuf {
+    pool.store_file()
 }
 
 /// The store's one way to change: lock it, re-read it, let `f` change it, write it back if it
 /// changed. Every writer goes through here, so no update is lost and nothing is written
 /// without the lock (files.md, Writing).
 pub fn update<T>(
-    dir: &Path,
+    pool: &crate::pool::Pool,
     lock_timeout: std::time::Duration,
     f: impl FnOnce(&mut Store) -> Result<T>,
 ) -> Result<T> {
-    let (out, saved) = update_lenient(dir, lock_timeout, f)?;
+    let (out, saved) = update_lenient(pool, lock_timeout, f)?;
     saved.map(|()| out)
 }
 
 /// As `update`, but a failed write (disk full, read-only directory) comes back beside `f`'s
 /// result instead of replacing it, for bookkeeping a caller can go on without.
 pub fn update_lenient<T>(
-    dir: &Path,
+    pool: &crate::pool::Pool,
     lock_timeout: std::time::Duration,
     f: impl FnOnce(&mut Store) -> Result<T>,
 ) -> Result<(T, Result<()>)> {
-    let path = path(dir);
-    let _held = crate::lock::store(dir, lock_timeout)?;
+    let path = path(pool);
+    let _held = crate::lock::store(pool, lock_timeout)?;
     let before = load(&path)?;
     let mut after = before.clone();
     let out = f(&mut after)?;

@@ -7,6 +7,7 @@ mod core;
 mod keep;
 mod oauth;
 mod opencode;
+mod pools;
 mod qwen_cli;
 mod robustness;
 mod rotation;

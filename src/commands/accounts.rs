@@ -18,14 +18,20 @@ pub fn list(cfg: &Config, args: &List) -> Result<()> {
             .iter()
             .map(|a| {
                 let mut v = account_json(&s, a, now);
-                v["pending_journal"] = crate::journal::is_pending(&cfg.dir, &a.id).into();
+                v["pending_journal"] = crate::journal::is_pending(&cfg.pool, &a.id).into();
+                v["pool"] = cfg.pool.arg().into();
                 v
             })
             .collect();
         return super::config::print_json(&Value::Array(items));
     }
     if s.accounts.is_empty() {
-        crate::msg::warn("no accounts; add one with `qwen-cred login` or `qwen-cred import`");
+        crate::msg::warn(&match cfg.pool.name() {
+            None => "no accounts; add one with `qwen-cred login` or `qwen-cred import`".into(),
+            Some(p) => {
+                format!("no accounts in pool {p}; add one with `qwen-cred login --pool {p}`")
+            }
+        });
         return Ok(());
     }
     let rows: Vec<[String; 6]> = s
@@ -39,7 +45,7 @@ pub fn list(cfg: &Config, args: &List) -> Result<()> {
             };
             let used = a.last_used_at.map_or("never".into(), |t| relative(t, now));
             let mut state = state_text(&s, a, now);
-            if crate::journal::is_pending(&cfg.dir, &a.id) {
+            if crate::journal::is_pending(&cfg.pool, &a.id) {
                 state += ", new tokens pending in its journal";
             }
             [
@@ -73,7 +79,12 @@ pub fn list(cfg: &Config, args: &List) -> Result<()> {
         }
         l.trim_end().to_string() + "\n"
     };
-    let mut text = line(head);
+    // A named pool says which it is; the default pool's table stays as it always was.
+    let mut text = match cfg.pool.name() {
+        Some(p) => format!("pool {p}: {}\n", cfg.store_path().display()),
+        None => String::new(),
+    };
+    text += &line(head);
     for r in &rows {
         text += &line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
     }
@@ -126,7 +137,7 @@ fn account_json(s: &Store, a: &Account, now: i64) -> Value {
 }
 
 pub fn use_(cfg: &Config, args: &Use) -> Result<()> {
-    crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+    crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
         let i = s.find(&args.id)?;
         let id = s.accounts[i].id.clone();
         if s.current_account_id.as_deref() != Some(&id) {
@@ -143,7 +154,7 @@ pub fn remove(cfg: &Config, args: &Remove) -> Result<()> {
             "give account ids to remove, or --all (not both)".into(),
         ));
     }
-    crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+    crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
         let removed = if args.all {
             s.current_account_id = None;
             s.current_streak = 0;
@@ -163,7 +174,13 @@ pub fn remove(cfg: &Config, args: &Remove) -> Result<()> {
             removed
         };
         // Removing the Qwen CLI's login sticks: `token` does not import it again on its own.
-        if let Some(fp) = crate::qwen_cli::removed_login(&cfg.qwen_cli_file(), &removed) {
+        // (Only the default pool imports it.)
+        if let Some(fp) = cfg
+            .pool
+            .is_default()
+            .then(|| crate::qwen_cli::removed_login(&cfg.qwen_cli_file(), &removed))
+            .flatten()
+        {
             s.removed_qwen_cli_fp = Some(fp);
         }
         Ok(())
@@ -171,6 +188,13 @@ pub fn remove(cfg: &Config, args: &Remove) -> Result<()> {
 }
 
 pub fn import(cfg: &Config, args: &Import) -> Result<()> {
+    // An imported login stays linked to its file and in step with the Qwen CLI, from one
+    // pool: in two, one refresh token would be refreshed under two refresh locks.
+    if let Some(p) = cfg.pool.name() {
+        return Err(Error::Usage(format!(
+            "import adds a Qwen Code CLI login, which belongs to the default pool only, not to pool {p}; run `qwen-cred import --pool default`, or sign in to pool {p} with `qwen-cred login --pool {p}`"
+        )));
+    }
     let path = args
         .path
         .as_ref()

@@ -108,7 +108,7 @@ fn login(cfg: &Config, args: &Login) -> Result<()> {
     new.resource_url = tok.resource_url.clone();
     new.email = email;
     let (id, email, label) =
-        crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| place(s, new, &slot, now))?;
+        crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| place(s, new, &slot, now))?;
     crate::msg::warn(&format!("signed in account {id} ({label})"));
     if args.json {
         emit(&json!({"event": "success", "account_id": id, "email": email, "label": label}))?;

@@ -13,9 +13,16 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 
 pub fn run(cli: Cli) -> Result<()> {
+    let mut pool_name = None;
+    run_in(cli, &mut pool_name).map_err(|e| in_pool(pool_name.as_deref(), e))
+}
+
+/// `run`, which sets `pool_name` once the pool is known.
+fn run_in(cli: Cli, pool_name: &mut Option<String>) -> Result<()> {
     if cli.version {
         return crate::msg::out(&format!("qwen-cred {}\n", env!("CARGO_PKG_VERSION")));
     }
+    let pool = cli.pool().map_err(Error::Usage)?.cloned();
     let Some(command) = cli.command else {
         return Err(Error::Usage(
             "a command is needed; run `qwen-cred --help` for the list".into(),
@@ -25,8 +32,9 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Command::Config(crate::cli::ConfigCmd { schema: true, .. }) = command {
         return config::print_json(&crate::config::schema());
     }
-    let cfg = Config::load()?;
+    let cfg = Config::load(pool.as_ref())?;
     crate::msg::set_debug(cfg.debug);
+    *pool_name = cfg.pool.name().map(String::from);
     match command {
         Command::Token(a) => token::run(&cfg, &a),
         Command::Report429(a) => report_429::run(&cfg, &a),
@@ -38,6 +46,35 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import(a) => accounts::import(&cfg, &a),
         Command::Config(a) => config::run(&cfg, &a),
         Command::Opencode(a) => opencode::run(&cfg, &a),
+    }
+}
+
+/// In a named pool, an error that suggests a qwen-cred command says that the command needs
+/// `--pool` too: `qwen-cred login` alone would sign in to the default pool.
+fn in_pool(pool_name: Option<&str>, e: Error) -> Error {
+    let Some(p) = pool_name else {
+        return e;
+    };
+    const SUGGESTED: [&str; 7] = [
+        "login", "import", "remove", "use", "list", "refresh", "add-key",
+    ];
+    let suggests = |m: &str| {
+        m.split("qwen-cred ")
+            .skip(1)
+            .any(|rest| SUGGESTED.iter().any(|c| rest.starts_with(c)))
+    };
+    let note = |m: String| match suggests(&m) && !m.contains("--pool") {
+        true => format!("{m} (pool {p}: add --pool {p} to that command)"),
+        false => m,
+    };
+    match e {
+        Error::Internal(m) => Error::Internal(note(m)),
+        Error::Usage(m) => Error::Usage(note(m)),
+        Error::NoAccount(m) => Error::NoAccount(note(m)),
+        Error::RateLimited(m) => Error::RateLimited(note(m)),
+        Error::Server(m) => Error::Server(note(m)),
+        Error::File(m) => Error::File(note(m)),
+        Error::Login(m) => Error::Login(note(m)),
     }
 }
 
@@ -82,7 +119,7 @@ pub fn wait_for_reset(cfg: &Config, until: i64, no_wait: bool) -> Result<()> {
 pub fn import_file(cfg: &Config, path: &std::path::Path, email: Option<&str>) -> Result<String> {
     let creds = crate::qwen_cli::read(path)?;
     let now = crate::store::now_ms();
-    crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+    crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
         crate::qwen_cli::import(s, path, &creds, email, now)
     })
 }

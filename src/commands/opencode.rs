@@ -1,6 +1,8 @@
 //! `qwen-cred opencode install`: writes the OpenCode plugin (embedded from
 //! `src/opencode_plugin.js`) into `D/plugin/`, prints the `qwen` provider block for
 //! `opencode.json`, and with `--write-config` adds that block to a plain-JSON `opencode.json`.
+//! With `--pool NAME --provider ID` the block is that of a second provider, `ID`, served by the
+//! same plugin from pool NAME (its `options.qwenCredPool`); the `qwen` provider is kept.
 //! Every step is idempotent: a second run changes nothing.
 
 use crate::cli::{Opencode, OpencodeCommand, OpencodeInstall};
@@ -14,6 +16,93 @@ use std::path::{Path, PathBuf};
 pub const PLUGIN: &str = include_str!("../opencode_plugin.js");
 pub const PLUGIN_FILE: &str = "qwen-cred.js";
 pub const PROVIDER_ID: &str = "qwen";
+/// The key of a provider's `options` that names the qwen-cred pool serving it. OpenCode's
+/// config schema takes any key there (1.18.33: `ProviderConfig.options` is an open record) and
+/// hands the provider, options included, to the plugin's auth loader.
+pub const POOL_OPTION: &str = "qwenCredPool";
+/// The models of the `qwen` provider, and of a pool provider given no `--model`.
+const OAUTH_MODELS: [(&str, &str); 2] = [
+    ("coder-model", "Qwen Coder"),
+    ("vision-model", "Qwen Vision"),
+];
+
+/// The provider this install is about: `qwen` for the default pool, else the one `--provider`
+/// names for pool `pool`.
+struct Target<'a> {
+    id: &'a str,
+    pool: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    fn of(cfg: &'a Config, args: &'a OpencodeInstall) -> Result<Target<'a>> {
+        let Some(pool) = cfg.pool.name() else {
+            if args.provider.is_some() || args.base_url.is_some() || !args.model.is_empty() {
+                return Err(Error::Usage(format!(
+                    "--provider, --base-url and --model go with --pool NAME: the default pool serves the \"{PROVIDER_ID}\" provider"
+                )));
+            }
+            return Ok(Target {
+                id: PROVIDER_ID,
+                pool: None,
+            });
+        };
+        let Some(id) = args.provider.as_deref() else {
+            return Err(Error::Usage(format!(
+                "opencode install for pool {pool} needs --provider ID, the OpenCode provider to serve from it (e.g. --provider qwen-{pool})"
+            )));
+        };
+        check_provider_id(id).map_err(Error::Usage)?;
+        if id == PROVIDER_ID {
+            return Err(Error::Usage(format!(
+                "the \"{PROVIDER_ID}\" provider is the default pool's; give pool {pool} a provider of its own (e.g. --provider qwen-{pool})"
+            )));
+        }
+        if let Some(url) = &args.base_url {
+            crate::oauth::check_url(url)
+                .map_err(|e| Error::Usage(format!("--base-url {url:?}: {e}")))?;
+        }
+        for m in &args.model {
+            check_model_id(m).map_err(Error::Usage)?;
+        }
+        Ok(Target {
+            id,
+            pool: Some(pool),
+        })
+    }
+}
+
+/// An OpenCode provider id as a key of `provider`: 1 to 64 ASCII letters, digits, `-`, `_`
+/// and `.`, starting with a letter or digit (the model is then chosen as `ID/MODEL`).
+fn check_provider_id(id: &str) -> std::result::Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    match ok {
+        true => Ok(()),
+        false => Err(format!(
+            "invalid provider id {:?}: use 1 to 64 letters, digits, -, _ and ., starting with a letter or digit",
+            id.chars().take(65).collect::<String>()
+        )),
+    }
+}
+
+/// A model id as the endpoint names it (`qwen3-coder-plus`, `org/model:tag`): up to 128
+/// characters, no spaces or control characters.
+fn check_model_id(m: &str) -> std::result::Result<(), String> {
+    let ok = !m.is_empty()
+        && m.chars().count() <= 128
+        && !m.chars().any(|c| c.is_whitespace() || c.is_control());
+    match ok {
+        true => Ok(()),
+        false => Err(format!(
+            "invalid model id {:?}: up to 128 characters, no spaces",
+            m.chars().take(129).collect::<String>()
+        )),
+    }
+}
 
 pub fn run(cfg: &Config, args: &Opencode) -> Result<()> {
     match &args.command {
@@ -30,6 +119,8 @@ enum Step {
 }
 
 fn install(cfg: &Config, args: &OpencodeInstall) -> Result<()> {
+    let target = Target::of(cfg, args)?;
+    let id = target.id;
     let dry = args.dry_run;
     let would = |done: &str, planned: &str| {
         if dry {
@@ -54,16 +145,23 @@ fn install(cfg: &Config, args: &OpencodeInstall) -> Result<()> {
         )),
     }
 
-    let base_url = crate::oauth::api_base_url(None, &cfg.settings.default_resource_url);
-    let block = provider_block(&base_url);
+    let oauth_api = crate::oauth::api_base_url(None, &cfg.settings.default_resource_url);
+    let block = match target.pool {
+        None => provider_block(&oauth_api),
+        Some(pool) => {
+            let base_url = args.base_url.as_deref().unwrap_or(&oauth_api);
+            let models: Vec<&str> = args.model.iter().map(String::as_str).collect();
+            pool_provider_block(id, pool, base_url, &models)
+        }
+    };
     if args.write_config {
-        write_config(&cfg.dir, &block, dry)?;
-        write_auth_marker(&cfg.opencode_auth_file, dry)?;
+        write_config(&cfg.dir, id, &block, dry)?;
+        write_auth_marker(&cfg.opencode_auth_file, id, dry)?;
     } else {
         let file = config_file(&cfg.dir);
         match std::fs::read_to_string(&file) {
-            Ok(text) if has_qwen_provider(&text) => msg::warn(&format!(
-                "{} already has a \"{PROVIDER_ID}\" provider",
+            Ok(text) if has_provider(&text, id) => msg::warn(&format!(
+                "{} already has a \"{id}\" provider",
                 file.display()
             )),
             _ => msg::warn(&format!(
@@ -76,7 +174,15 @@ fn install(cfg: &Config, args: &OpencodeInstall) -> Result<()> {
         .map_err(|e| Error::Internal(format!("cannot print the provider block: {e}")))?;
     shown.push('\n');
     msg::out(&shown)?;
-    if !dry && args.write_config {
+    if let (Some(pool), false) = (target.pool, dry) {
+        let model = block[id]["models"]
+            .as_object()
+            .and_then(|m| m.keys().next().cloned())
+            .unwrap_or_default();
+        msg::warn(&format!(
+            "next: add accounts to pool {pool} with `qwen-cred login --pool {pool}`, then `opencode run -m {id}/{model}`"
+        ));
+    } else if !dry && args.write_config {
         msg::warn("next: `opencode run -m qwen/coder-model`; add accounts with `qwen-cred login` or `opencode auth login` (choose Qwen)");
     } else if !dry {
         msg::warn(
@@ -106,15 +212,39 @@ fn install_plugin(path: &Path, dry: bool) -> Result<Step> {
 /// for Qwen OAuth: `coder-model`, and `vision-model` from releases before `coder-model` took
 /// images. The plugin sends each request to the account's own base URL; this one is the default.
 pub fn provider_block(base_url: &str) -> Value {
+    let models: Map<String, Value> = OAUTH_MODELS
+        .iter()
+        .map(|(id, name)| (id.to_string(), json!({ "name": name })))
+        .collect();
     json!({
         PROVIDER_ID: {
             "npm": "@ai-sdk/openai-compatible",
             "name": "Qwen (qwen-cred)",
             "options": { "baseURL": base_url },
-            "models": {
-                "coder-model": { "name": "Qwen Coder" },
-                "vision-model": { "name": "Qwen Vision" },
-            },
+            "models": models,
+        }
+    })
+}
+
+/// The entry of provider `id`, served by the plugin from pool `pool`: `options.qwenCredPool`
+/// names the pool, `baseURL` the API (each request still goes to the serving account's own
+/// base URL). `models` empty: those of the `qwen` provider.
+pub fn pool_provider_block(id: &str, pool: &str, base_url: &str, models: &[&str]) -> Value {
+    let mut listed = Map::new();
+    for m in models {
+        listed.insert(m.to_string(), json!({ "name": m }));
+    }
+    if listed.is_empty() {
+        for (m, name) in OAUTH_MODELS {
+            listed.insert(m.into(), json!({ "name": name }));
+        }
+    }
+    json!({
+        id: {
+            "npm": "@ai-sdk/openai-compatible",
+            "name": format!("Qwen, pool {pool} (qwen-cred)"),
+            "options": { "baseURL": base_url, POOL_OPTION: pool },
+            "models": listed,
         }
     })
 }
@@ -130,13 +260,13 @@ fn config_file(dir: &Path) -> PathBuf {
     }
 }
 
-fn has_qwen_provider(text: &str) -> bool {
+fn has_provider(text: &str, id: &str) -> bool {
     serde_json::from_str::<Value>(text)
         .ok()
-        .is_some_and(|v| v["provider"].get(PROVIDER_ID).is_some())
+        .is_some_and(|v| v["provider"].get(id).is_some())
 }
 
-fn write_config(dir: &Path, block: &Value, dry: bool) -> Result<()> {
+fn write_config(dir: &Path, id: &str, block: &Value, dry: bool) -> Result<()> {
     let file = config_file(dir);
     let old = match std::fs::read(&file) {
         Ok(b) => Some(b),
@@ -156,7 +286,7 @@ fn write_config(dir: &Path, block: &Value, dry: bool) -> Result<()> {
     })?;
     let Some(new_text) = merged else {
         msg::warn(&format!(
-            "{} already has a \"{PROVIDER_ID}\" provider; left unchanged",
+            "{} already has a \"{id}\" provider; left unchanged",
             file.display()
         ));
         return Ok(());
@@ -172,12 +302,12 @@ fn write_config(dir: &Path, block: &Value, dry: bool) -> Result<()> {
     if dry {
         match &backup {
             Some(b) => msg::warn(&format!(
-                "would add the \"{PROVIDER_ID}\" provider to {} (backup: {})",
+                "would add the \"{id}\" provider to {} (backup: {})",
                 file.display(),
                 b.display()
             )),
             None => msg::warn(&format!(
-                "would create {} with the \"{PROVIDER_ID}\" provider",
+                "would create {} with the \"{id}\" provider",
                 file.display()
             )),
         }
@@ -197,24 +327,24 @@ fn write_config(dir: &Path, block: &Value, dry: bool) -> Result<()> {
     }
     match &backup {
         Some(b) => msg::warn(&format!(
-            "added the \"{PROVIDER_ID}\" provider to {} (backup: {})",
+            "added the \"{id}\" provider to {} (backup: {})",
             file.display(),
             b.display()
         )),
         None => msg::warn(&format!(
-            "created {} with the \"{PROVIDER_ID}\" provider",
+            "created {} with the \"{id}\" provider",
             file.display()
         )),
     }
     Ok(())
 }
 
-/// OpenCode runs the plugin's loader only when its auth.json has an entry for `qwen`, which
-/// the plugin's OAuth method creates. Accounts signed in with `qwen-cred login` never went
-/// through it, so `--write-config` adds the same marker (never a token; the plugin's MARKER
-/// and MARKER_EXPIRES) when there is no `qwen` entry yet. Other entries are kept; a file that
-/// does not parse is left alone.
-fn write_auth_marker(file: &Path, dry: bool) -> Result<()> {
+/// OpenCode runs the plugin's loader only when its auth.json has an entry for the provider
+/// (`qwen`, or a pool's provider `id`), which the plugin's OAuth method creates. Accounts
+/// signed in with `qwen-cred login` never went through it, so `--write-config` adds the same
+/// marker (never a token; the plugin's MARKER and MARKER_EXPIRES) when `id` has no entry yet.
+/// Other entries are kept; a file that does not parse is left alone.
+fn write_auth_marker(file: &Path, id: &str, dry: bool) -> Result<()> {
     let mut entries = match std::fs::read(file) {
         Ok(b) => match serde_json::from_slice::<Value>(&b) {
             Ok(Value::Object(m)) => m,
@@ -228,22 +358,19 @@ fn write_auth_marker(file: &Path, dry: bool) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Map::new(),
         Err(e) => return Err(Error::io("cannot read", file, e)),
     };
-    if entries.contains_key(PROVIDER_ID) {
-        msg::warn(&format!(
-            "{} already has a \"{PROVIDER_ID}\" entry",
-            file.display()
-        ));
+    if entries.contains_key(id) {
+        msg::warn(&format!("{} already has a \"{id}\" entry", file.display()));
         return Ok(());
     }
     if dry {
         msg::warn(&format!(
-            "would add the qwen-cred marker for \"{PROVIDER_ID}\" to {}",
+            "would add the qwen-cred marker for \"{id}\" to {}",
             file.display()
         ));
         return Ok(());
     }
     entries.insert(
-        PROVIDER_ID.into(),
+        id.into(),
         json!({"type": "oauth", "access": "qwen-cred", "refresh": "qwen-cred", "expires": 4_102_444_800_000_i64}),
     );
     let mut text = serde_json::to_string_pretty(&Value::Object(entries))
@@ -253,7 +380,7 @@ fn write_auth_marker(file: &Path, dry: bool) -> Result<()> {
     let target = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     crate::files::write_atomic(&target, text.as_bytes())?;
     msg::warn(&format!(
-        "added the qwen-cred marker for \"{PROVIDER_ID}\" to {} (OpenCode then asks qwen-cred for every token)",
+        "added the qwen-cred marker for \"{id}\" to {} (OpenCode then asks qwen-cred for every token)",
         file.display()
     ));
     Ok(())
@@ -275,8 +402,8 @@ fn backup_path(file: &Path) -> PathBuf {
         .unwrap_or(first)
 }
 
-/// Adds `block` (an object `{ "qwen": ... }`) under `provider` of the config `text`.
-/// `Ok(None)`: a `qwen` provider is already there. `Err`: why the text cannot be edited safely.
+/// Adds `block` (an object `{ "qwen": ... }`, or a pool provider's) under `provider` of the
+/// config `text`. `Ok(None)`: a provider of that id is already there. `Err`: why the text cannot be edited safely.
 /// Key order and every other value are kept; the output is plain JSON, two-space indented.
 pub fn merge_provider(text: &str, block: &Value) -> std::result::Result<Option<String>, String> {
     let mut root = if text.trim().is_empty() {

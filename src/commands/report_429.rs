@@ -40,7 +40,7 @@ pub fn run(cfg: &Config, args: &Report429) -> Result<()> {
         quota: rotation::is_quota_body(&body),
     };
     let who = args.account.clone().or_else(|| cfg.account_id_env.clone());
-    let d = crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+    let d = crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
         if s.accounts.is_empty() {
             return Err(Error::no_account(&[]));
         }

@@ -37,7 +37,7 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
     let mut patient = false;
     loop {
         let now = crate::store::now_ms();
-        let (step, saved) = crate::store::update_lenient(&cfg.dir, cfg.lock_timeout(), |s| {
+        let (step, saved) = crate::store::update_lenient(&cfg.pool, cfg.lock_timeout(), |s| {
             decide(cfg, s, args, &policy, now, &skip, imported)
         })?;
         if let Err(e) = saved {
@@ -216,8 +216,10 @@ fn decide(
         }
         Pick::AllCooling { soonest_ms } => Ok(Step::Wait(soonest_ms)),
         Pick::Unavailable { revoked } => {
+            // The Qwen CLI's login is imported into the default pool only (config.rs,
+            // synced_qwen_cli_file).
             let file = cfg.qwen_cli_file();
-            if s.accounts.is_empty() && !imported && file.is_file() {
+            if s.accounts.is_empty() && !imported && cfg.pool.is_default() && file.is_file() {
                 // A login `remove` took out stays out until the Qwen CLI holds another one.
                 if crate::qwen_cli::was_removed(&file, s.removed_qwen_cli_fp.as_deref()) {
                     return Err(Error::NoAccount(format!(
@@ -242,7 +244,7 @@ fn serve_after_refresh(
     fresh: Option<&Account>,
 ) -> Result<bool> {
     let now = crate::store::now_ms();
-    let recorded = crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+    let recorded = crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
         let Some(i) = s.accounts.iter().position(|a| a.id == id) else {
             return Ok(None);
         };
@@ -286,7 +288,7 @@ fn serve(cfg: &Config, args: &Token, a: &Account, spawn: bool) -> Result<()> {
     let text = format_token(cfg, a, args.format);
     crate::msg::out(&text)?;
     if spawn {
-        spawn_refresh_due();
+        spawn_refresh_due(cfg.pool.arg());
     }
     Ok(())
 }
@@ -326,11 +328,14 @@ fn format_token(cfg: &Config, a: &Account, format: Format) -> String {
             });
             format!("{v}\n")
         }
+        // The pool too: an account id means something only in its pool, and report-429
+        // takes QWEN_CRED_ACCOUNT_ID only for the pool QWEN_CRED_POOL names.
         Format::Env => format!(
-            "export OPENAI_API_KEY={}\nexport OPENAI_BASE_URL={}\nexport QWEN_CRED_ACCOUNT_ID={}\n",
+            "export OPENAI_API_KEY={}\nexport OPENAI_BASE_URL={}\nexport QWEN_CRED_ACCOUNT_ID={}\nexport QWEN_CRED_POOL={}\n",
             sh_quote(token),
             sh_quote(&base_url),
-            sh_quote(&a.id)
+            sh_quote(&a.id),
+            sh_quote(cfg.pool.arg())
         ),
         Format::Header => headers(a)
             .iter()
@@ -344,16 +349,17 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// Starts `qwen-cred refresh --due` detached (like `git gc --auto`): its own process group,
-/// no stdio, never waited for, so `$(qwen-cred token)` returns at once. Best effort.
-fn spawn_refresh_due() {
+/// Starts `qwen-cred refresh --due --pool POOL` detached (like `git gc --auto`): its own
+/// process group, no stdio, never waited for, so `$(qwen-cred token)` returns at once. Best
+/// effort.
+fn spawn_refresh_due(pool: &str) {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
     let child = Command::new(exe)
-        .args(["refresh", "--due"])
+        .args(["refresh", "--due", "--pool", pool])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
