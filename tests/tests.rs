@@ -3,6 +3,7 @@
 
 mod util;
 
+mod clients;
 mod core;
 mod keep;
 mod oauth;

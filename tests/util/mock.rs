@@ -1129,6 +1129,7 @@ fn route(shared: &Shared, req: &Request) -> Option<Response> {
             shared.1.notify_all();
             Response::json(200, &json!({}))
         }
+        ("POST", "/v1/responses") => responses(shared, req),
         ("GET", "/authorize") => Response::raw(
             200,
             "text/html; charset=utf-8",
@@ -1354,6 +1355,55 @@ fn refresh_locked(st: &mut State, req: &Request, token: &str) -> Response {
         }
     }
     Response::json(200, &body)
+}
+
+/// The Responses API (`POST /v1/responses`), which Codex CLI speaks: the chat endpoint's
+/// answer (token check, scripted replies, quota) turned into the stream Codex reads
+/// (codex-rs `codex-api/src/sse/responses.rs`): `response.created`, one
+/// `response.output_text.delta`, `response.output_item.done` with the assistant message,
+/// `response.completed`. An error answer is passed on as it is.
+fn responses(shared: &Shared, req: &Request) -> Response {
+    let as_chat = Request {
+        body: "{}".into(),
+        ..req.clone()
+    };
+    let chat = chat(shared, &as_chat);
+    if chat.status != 200 {
+        return chat;
+    }
+    let text = serde_json::from_slice::<Value>(&chat.body)
+        .ok()
+        .and_then(|v| {
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let response = json!({"id": "resp-1", "object": "response", "model": "coder-model"});
+    let message = json!({
+        "type": "message",
+        "id": "msg-1",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text}],
+    });
+    let events = [
+        json!({"type": "response.created", "response": response}),
+        json!({"type": "response.output_text.delta", "item_id": "msg-1", "delta": text}),
+        json!({"type": "response.output_item.done", "item": message}),
+        json!({"type": "response.completed", "response": response}),
+    ];
+    let body: String = events
+        .iter()
+        .map(|e| {
+            format!(
+                "event: {}\ndata: {e}\n\n",
+                e["type"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    let mut r = Response::raw(200, "text/event-stream", body);
+    r.headers.push(("Cache-Control".into(), "no-cache".into()));
+    r
 }
 
 fn chat(shared: &Shared, req: &Request) -> Response {
