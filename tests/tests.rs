@@ -4,6 +4,7 @@
 mod util;
 
 mod core;
+mod headers;
 mod keep;
 mod oauth;
 mod opencode;
