@@ -1,7 +1,9 @@
 //! `report-429 --headers`: the rate-limit headers of a 429 response, their precedence, and an
-//! account's quota window, through the real binary.
+//! account's quota window, through the real binary; `scripts/qwen-curl` passing the headers
+//! of real responses from the mock.
 
-use crate::util::{self, store_with, text, Env};
+use crate::util::mock::{ApiReply, Mock};
+use crate::util::{self, account, store_with, text, Env};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::process::Stdio;
@@ -330,4 +332,106 @@ fn a_bad_quota_window_is_a_file_error_naming_the_field() {
         before,
         "not rewritten"
     );
+}
+
+/// `scripts/qwen-curl` against the mock: one account's 429 carries `headers`, the other serves.
+fn qwen_curl_with(headers: Vec<(String, String)>, body: &str) -> (Env, Mock, i64) {
+    let mock = Mock::start();
+    let mut env = Env::with_mock(&mock);
+    env.set("QWEN_CRED_BIN", util::BIN);
+    env.set("QWEN_CRED_MAX_RATE_LIMIT_WAIT_SECONDS", "0");
+    let mut accounts = Vec::new();
+    for i in 1..=2 {
+        let (at, rt) = (format!("at-{i}"), format!("rt-{i}"));
+        let id = mock.add_account(&rt, &at);
+        let mut a = account(&i.to_string(), &at, &rt, 7200);
+        a["resource_url"] = json!(mock.base_url());
+        if i == 1 {
+            a["quota_window_ms"] = json!(5 * H);
+            mock.api_script_for(
+                id,
+                ApiReply::Status {
+                    status: 429,
+                    headers: headers.clone(),
+                    body: body.into(),
+                },
+            );
+        }
+        accounts.push(a);
+    }
+    env.write_store(&json!({"accounts": accounts, "current_account_id": "1"}));
+    let script = format!(
+        "'{}/scripts/qwen-curl' -H 'Content-Type: application/json' -d '{{\"model\":\"coder-model\",\"messages\":[]}}' {}/v1/chat/completions",
+        env!("CARGO_MANIFEST_DIR"),
+        mock.base_url()
+    );
+    let before = util::now_ms();
+    let o = env
+        .command("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("sh");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("hello from account"),
+        "{}",
+        text(&o.stdout)
+    );
+    (env, mock, before)
+}
+
+#[test]
+fn qwen_curl_passes_each_header_style() {
+    let h = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let now = util::now_ms();
+    // (the 429's headers, its body, the cooldown wanted, its reason)
+    type Case<'a> = (Vec<(String, String)>, &'a str, i64, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec![h("Retry-After", "120")], "{}", 120_000, "retry-after"),
+        (
+            vec![h("Retry-After", &http_date(now + 600_000))],
+            "{}",
+            600_000,
+            "retry-after",
+        ),
+        (
+            vec![
+                h("x-ratelimit-reset-requests", "2s"),
+                h("x-ratelimit-reset-tokens", "6m0s"),
+            ],
+            "{}",
+            360_000,
+            "retry-after",
+        ),
+        (
+            vec![h("X-RateLimit-Reset", &(now + 900_000).to_string())],
+            "{}",
+            900_000,
+            "retry-after",
+        ),
+        // A quota 429 on a key with a 5-hour window: the reset header says when.
+        (
+            vec![h("X-RateLimit-Reset", &(now / 1000 + 3600).to_string())],
+            QUOTA_BODY,
+            3_600_000,
+            "quota",
+        ),
+        // ...and without one, the window.
+        (vec![], QUOTA_BODY, 5 * H, "quota"),
+    ];
+    for (headers, body, want, reason) in cases {
+        let what = format!("{headers:?} {}", &body[..2]);
+        let (env, mock, before) = qwen_curl_with(headers, body);
+        let (ms, got) = cooldown(&env, 0, before);
+        assert_eq!(got, reason, "{what}");
+        assert_near(ms, want, &what);
+        let bearers: Vec<String> = mock
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/v1/chat/completions")
+            .map(|r| r.header("authorization").unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(bearers, ["Bearer at-1", "Bearer at-2"], "{what}");
+    }
 }
