@@ -340,6 +340,10 @@ fn qwen_curl_with(headers: Vec<(String, String)>, body: &str) -> (Env, Mock, i64
     let mut env = Env::with_mock(&mock);
     env.set("QWEN_CRED_BIN", util::BIN);
     env.set("QWEN_CRED_MAX_RATE_LIMIT_WAIT_SECONDS", "0");
+    // Its own temp dir: rotation.rs checks that the shared one holds no qwen-curl leftovers.
+    let tmp = env.root.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    env.set("TMPDIR", &tmp.to_string_lossy());
     let mut accounts = Vec::new();
     for i in 1..=2 {
         let (at, rt) = (format!("at-{i}"), format!("rt-{i}"));
@@ -378,6 +382,8 @@ fn qwen_curl_with(headers: Vec<(String, String)>, body: &str) -> (Env, Mock, i64
         "{}",
         text(&o.stdout)
     );
+    let left = std::fs::read_dir(&tmp).expect("tmp").count();
+    assert_eq!(left, 0, "qwen-curl left its temp dir behind");
     (env, mock, before)
 }
 
