@@ -116,10 +116,13 @@ pub struct Report429 {
     /// the account that got the 429 (default: $QWEN_CRED_ACCOUNT_ID, else the current one)
     #[argh(option)]
     pub account: Option<String>,
-    /// the Retry-After header as received: delta-seconds or an HTTP-date
+    /// the Retry-After header as received: delta-seconds or an HTTP-date; wins over the headers
     #[argh(option)]
     pub retry_after: Option<String>,
-    /// file holding the response body, or - for stdin
+    /// file holding the response's header block (as curl -D writes it), or - for stdin
+    #[argh(option)]
+    pub headers: Option<String>,
+    /// file holding the response body, or - for stdin (after the headers when both are -)
     #[argh(option)]
     pub body: Option<String>,
     /// never sleep or wait; exit at once

@@ -21,7 +21,7 @@ const MARKER = "qwen-cred"
 // 2100-01-01: the marker never expires; qwen-cred refreshes the real tokens.
 const MARKER_EXPIRES = 4102444800000
 // Requests sent for one fetch at most: 10 accounts, one attempt each, plus one retry (after a
-// 429 with a short Retry-After, or after a 401 and a forced refresh).
+// 429 with a short Retry-After or reset header, or after a 401 and a forced refresh).
 const MAX_ATTEMPTS = 11
 // token and report-429 may wait for a cooldown (max_rate_limit_wait_seconds, default 300 s).
 const CHILD_TIMEOUT_MS = Number(process.env.QWEN_CRED_PLUGIN_TIMEOUT_MS) || 15 * 60 * 1000
@@ -312,9 +312,16 @@ function isQuota(status, body) {
   return status === 429 || (status === 403 && QUOTA.test(body))
 }
 
-// A Retry-After value as given, if it is safe as one argv word (delta-seconds or HTTP-date).
-function retryAfterArg(v) {
-  return v && /^[0-9A-Za-z][0-9A-Za-z ,:.+-]{0,63}$/.test(v.trim()) ? ["--retry-after", v.trim()] : []
+// A response as `curl -i` prints it, for `report-429 --headers - --body -`: the status line and
+// the headers (Retry-After and the x-ratelimit reset headers say when to retry), an empty line,
+// the body. fetch has already joined a repeated header with ", "; qwen-cred reads such lists.
+function asCurlI(res, body) {
+  const clean = (v) => String(v).replace(/[\r\n]+/g, " ")
+  let head = `HTTP/1.1 ${res.status} ${clean(res.statusText || "")}\r\n`
+  res.headers.forEach((v, k) => {
+    head += `${clean(k)}: ${clean(v)}\r\n`
+  })
+  return `${head}\r\n${body}`
 }
 
 function trimSlash(s) {
@@ -468,10 +475,11 @@ function makeFetch(configuredBase, events) {
         return new Response(text, { status: res.status, statusText: res.statusText, headers: res.headers })
       }
       last = { quota: true }
-      const r = await run(
-        ["report-429", "--account", id, ...retryAfterArg(res.headers.get("retry-after")), "--body", "-", "--json"],
-        { input: text, signal: req.signal, onStdoutLine: events.decision },
-      )
+      const r = await run(["report-429", "--account", id, "--headers", "-", "--body", "-", "--json"], {
+        input: asCurlI(res, text),
+        signal: req.signal,
+        onStdoutLine: events.decision,
+      })
       if (r.code !== 0) throw failure("report-429", r)
     }
     if (last && !last.quota) return givenUp(last)

@@ -395,6 +395,292 @@ fn parse_http_date(s: &str, now_ms: i64) -> Option<i64> {
     Some(unix_ms(PrimitiveDateTime::new(date, time).assume_utc()))
 }
 
+// ---- Rate-limit headers (`report-429 --headers`) ----
+
+const NS_PER_MS: u128 = 1_000_000;
+const NS_PER_SEC: u128 = 1_000_000_000;
+
+/// A duration's units (in ns), each spelling before any it starts with (`ms` before `m`).
+const UNITS: [(&str, u128); 10] = [
+    ("ns", 1),
+    ("us", 1_000),
+    ("\u{b5}s", 1_000),
+    ("\u{3bc}s", 1_000),
+    ("ms", NS_PER_MS),
+    ("s", NS_PER_SEC),
+    ("m", 60 * NS_PER_SEC),
+    ("h", 3_600 * NS_PER_SEC),
+    ("d", 86_400 * NS_PER_SEC),
+    ("w", 604_800 * NS_PER_SEC),
+];
+
+fn is_digits(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The decimal number `int.frac` (digit strings, either may be empty) times `unit_ns`, in ns,
+/// rounded up; saturates instead of overflowing.
+fn scaled_ns(int: &str, frac: &str, unit_ns: u128) -> u128 {
+    let digit = |b: u8| u128::from(b - b'0');
+    let whole = int
+        .bytes()
+        .fold(0u128, |n, b| n.saturating_mul(10).saturating_add(digit(b)));
+    // 20 fraction digits are exact for every unit up to a week (10^20 x 6.048e14 < 2^128);
+    // the digits after them are worth less than 1 ns, so a nonzero one rounds up by 1 ns.
+    let (head, tail) = frac.split_at(frac.len().min(20));
+    let f = head.bytes().fold(0u128, |n, b| n * 10 + digit(b));
+    let part = (f * unit_ns).div_ceil(10u128.pow(head.len() as u32))
+        + u128::from(tail.bytes().any(|b| b != b'0'));
+    whole.saturating_mul(unit_ns).saturating_add(part)
+}
+
+/// Nanoseconds as whole milliseconds, rounded up so a caller never retries early; saturates.
+fn ns_to_ms(ns: u128) -> u64 {
+    u64::try_from(ns.div_ceil(NS_PER_MS)).unwrap_or(u64::MAX)
+}
+
+/// A duration in Go's syntax (`time.ParseDuration`), as ms rounded up: a sequence of decimal
+/// numbers each with a unit, `ns`, `us` (`µs`, `μs`), `ms`, `s`, `m`, `h`, and beyond Go
+/// `d` (24 h) and `w` (7 d): `6m0s`, `1h2m3.5s`, `250ms`, `1.5h`, `5h`, `7d`. A lone `0` needs
+/// no unit. No sign but `+`, no spaces inside, no unit-less number: those are `None`. Huge
+/// values saturate to `u64::MAX`. The one duration parser: rate-limit reset headers and a key
+/// account's quota window (`--quota-window`) both use it.
+pub fn parse_duration_ms(s: &str) -> Option<u64> {
+    let s = s.trim_ascii();
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest == "0" {
+        return Some(0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut ns: u128 = 0;
+    while !rest.is_empty() {
+        let len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(len);
+        let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+        // `frac` with a second dot is not digits.
+        if (int.is_empty() && frac.is_empty()) || !is_digits(int) || !is_digits(frac) {
+            return None;
+        }
+        let (unit, unit_ns) = UNITS.iter().find(|(u, _)| after.starts_with(u))?;
+        ns = ns.saturating_add(scaled_ns(int, frac, *unit_ns));
+        rest = &after[unit.len()..];
+    }
+    Some(ns_to_ms(ns))
+}
+
+/// A bare decimal number (`20`, `7.66`) times `unit_ns`, as ms.
+fn decimal_ms(v: &str, unit_ns: u128) -> Option<u64> {
+    let v = v.trim_ascii();
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    (!int.is_empty() && is_digits(int) && is_digits(frac))
+        .then(|| ns_to_ms(scaled_ns(int, frac, unit_ns)))
+}
+
+/// `X-RateLimit-Reset`, as ms from `now_ms`. Servers disagree on its meaning, so the size of
+/// the number decides: below 10^9 it is delta-seconds (as some servers and the IETF draft
+/// send; no Unix time in seconds is that small since 2001), below 10^12 Unix seconds (GitHub),
+/// else Unix milliseconds (OpenRouter). A fraction is allowed; a past time is 0. A duration
+/// such as `6m0s` is read as one.
+fn parse_reset_epoch(v: &str, now_ms: i64) -> Option<u64> {
+    let t = v.trim_ascii();
+    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+    if int.is_empty() || !is_digits(int) || !is_digits(frac) {
+        return parse_duration_ms(t);
+    }
+    let n = scaled_ns(int, "", 1);
+    if n < 1_000_000_000 {
+        return Some(ns_to_ms(scaled_ns(int, frac, NS_PER_SEC)));
+    }
+    let unit = if n < 1_000_000_000_000 {
+        NS_PER_SEC
+    } else {
+        NS_PER_MS
+    };
+    let at = i128::try_from(scaled_ns(int, frac, unit)).unwrap_or(i128::MAX);
+    let ahead = at.saturating_sub(i128::from(now_ms) * NS_PER_MS as i128);
+    Some(ns_to_ms(u128::try_from(ahead).unwrap_or(0)))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeaderKind {
+    RetryAfter,
+    ResetDuration,
+    ResetEpoch,
+}
+
+/// The headers `report-429 --headers` reads, as they are usually spelt (matched without case),
+/// and what a readable value looks like.
+const RATE_LIMIT_HEADERS: [(&str, HeaderKind, &str); 4] = [
+    (
+        "Retry-After",
+        HeaderKind::RetryAfter,
+        "not delta-seconds or an HTTP-date",
+    ),
+    (
+        "x-ratelimit-reset-requests",
+        HeaderKind::ResetDuration,
+        "not a duration like 6m0s",
+    ),
+    (
+        "x-ratelimit-reset-tokens",
+        HeaderKind::ResetDuration,
+        "not a duration like 6m0s",
+    ),
+    (
+        "X-RateLimit-Reset",
+        HeaderKind::ResetEpoch,
+        "not seconds, a Unix time or a duration",
+    ),
+];
+
+/// One header value as ms from `now_ms`.
+fn read_hint(kind: HeaderKind, v: &str, now_ms: i64) -> Option<u64> {
+    match kind {
+        HeaderKind::RetryAfter => parse_retry_after(v, now_ms).map(|s| s.saturating_mul(1000)),
+        // OpenAI and Groq always give a unit; a bare number is read as seconds.
+        HeaderKind::ResetDuration => parse_duration_ms(v).or_else(|| decimal_ms(v, NS_PER_SEC)),
+        HeaderKind::ResetEpoch => parse_reset_epoch(v, now_ms),
+    }
+}
+
+/// A value that may be a list joined with commas (a repeated field as fetch's `Headers` or a
+/// proxy joins it): each element is read alone, an HTTP-date keeping its own comma, and the
+/// latest wins. One unreadable element makes the value unreadable.
+fn read_list(kind: HeaderKind, v: &str, now_ms: i64) -> Option<u64> {
+    if let Some(ms) = read_hint(kind, v, now_ms) {
+        return Some(ms);
+    }
+    let parts: Vec<&str> = v.split(',').collect();
+    if parts.len() < 2 {
+        return None;
+    }
+    let mut latest = None;
+    let mut i = 0;
+    while i < parts.len() {
+        if parts[i].trim_ascii().is_empty() {
+            i += 1;
+            continue;
+        }
+        let (ms, used) = match read_hint(kind, parts[i], now_ms) {
+            Some(ms) => (ms, 1),
+            // "Sun, 06 Nov 1994 08:49:37 GMT" spans two elements.
+            None => {
+                let pair = parts
+                    .get(i + 1)
+                    .map(|next| format!("{},{next}", parts[i]))?;
+                (read_hint(kind, &pair, now_ms)?, 2)
+            }
+        };
+        latest = latest.max(Some(ms));
+        i += used;
+    }
+    latest
+}
+
+/// One header field as sent: (name, value without surrounding whitespace).
+type Field<'a> = (&'a [u8], &'a [u8]);
+
+/// The fields of the last header block at the start of `bytes`, and where the body begins.
+/// A block is a status line (optional), then `Name: value` lines up to an empty line, CRLF or
+/// LF. Another block follows an empty line only if a status line starts it (a 1xx answer, a
+/// redirect, a proxy's CONNECT, as `curl -D` and `curl -i` write them): its fields replace
+/// the earlier ones. Continuation lines and lines that are not fields are skipped.
+fn last_header_block(bytes: &[u8]) -> (Vec<Field<'_>>, usize) {
+    let mut fields = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let eol = bytes[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| pos + i);
+        let next = (eol + 1).min(bytes.len());
+        let line = &bytes[pos..eol];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if bytes[next..].starts_with(b"HTTP/") {
+                pos = next;
+                continue;
+            }
+            return (fields, next);
+        }
+        if line.starts_with(b"HTTP/") {
+            fields.clear();
+        } else if !matches!(line[0], b' ' | b'\t') {
+            if let Some(colon) = line.iter().position(|&b| b == b':') {
+                fields.push((&line[..colon], line[colon + 1..].trim_ascii()));
+            }
+        }
+        pos = next;
+    }
+    (fields, bytes.len())
+}
+
+/// Where the body begins in a response given as its header block, an empty line and the body
+/// (what `curl -i` prints): after the last header block (see `last_header_block`), else the
+/// end of `bytes`.
+pub fn header_block_end(bytes: &[u8]) -> usize {
+    last_header_block(bytes).1
+}
+
+/// What a response's header block says about when to retry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderHint {
+    /// How long to wait, in ms from now; `None` when no header gave a readable value.
+    pub wait_ms: Option<u64>,
+    /// The header `wait_ms` came from, as `RATE_LIMIT_HEADERS` spells it.
+    pub from: Option<&'static str>,
+    /// Rate-limit headers whose value could not be read: (name, value, what is wrong).
+    pub ignored: Vec<(&'static str, String, &'static str)>,
+}
+
+/// Reads the rate-limit headers of the last header block in `bytes` (see `last_header_block`;
+/// names without case, anything unreadable skipped) into one hint, in this order:
+/// 1. `Retry-After`, delta-seconds or an HTTP-date: the server's instruction for when to retry
+///    (RFC 9110 section 10.2.3), so it wins whatever else is there;
+/// 2. else the latest of `x-ratelimit-reset-requests` and `x-ratelimit-reset-tokens` (Go
+///    durations, OpenAI style; which limit was hit is unknown, since a request can need more
+///    tokens than remain, so the later reset is the safe one) and `X-RateLimit-Reset`.
+///
+/// A field given more than once (or as a comma-joined list) counts by its latest value.
+/// Pure: `now_ms` turns dates and Unix times into waits.
+pub fn header_hint(block: &[u8], now_ms: i64) -> HeaderHint {
+    let mut retry_after: Option<(u64, &'static str)> = None;
+    let mut reset: Option<(u64, &'static str)> = None;
+    let mut ignored = Vec::new();
+    for (name, value) in last_header_block(block).0 {
+        let Some(&(known, kind, expected)) = RATE_LIMIT_HEADERS
+            .iter()
+            .find(|(k, _, _)| name.eq_ignore_ascii_case(k.as_bytes()))
+        else {
+            continue;
+        };
+        if value.is_empty() {
+            continue;
+        }
+        let ms = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| read_list(kind, v, now_ms));
+        let slot = match kind {
+            HeaderKind::RetryAfter => &mut retry_after,
+            _ => &mut reset,
+        };
+        match ms {
+            Some(ms) => *slot = (*slot).max(Some((ms, known))),
+            None => ignored.push((known, String::from_utf8_lossy(value).into_owned(), expected)),
+        }
+    }
+    let best = retry_after.or(reset);
+    HeaderHint {
+        wait_ms: best.map(|b| b.0),
+        from: best.map(|b| b.1),
+        ignored,
+    }
+}
+
 /// Whether a 429 (or 403) body says the daily quota is spent rather than a short throttle.
 pub fn is_quota_body(body: &str) -> bool {
     if [
@@ -420,7 +706,9 @@ pub fn backoff_ms(n: u32, base: u64, max: u64) -> u64 {
 /// What a wrapper learnt from one 429.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Report {
-    pub retry_after_secs: Option<u64>,
+    /// The server's hint, in ms from now: `--retry-after`, else the response's headers
+    /// (`header_hint`).
+    pub retry_after_ms: Option<u64>,
     pub quota: bool,
 }
 
@@ -474,7 +762,7 @@ pub fn report_429(
     if existing.is_none()
         && !policy.switch_on_first_rate_limit
         && !report.quota
-        && report.retry_after_secs.is_none()
+        && report.retry_after_ms.is_none()
         && acct.consecutive_rate_limits == 1
     {
         let first = i64::try_from(backoff_ms(1, policy.backoff_base_ms, policy.backoff_max_ms))
@@ -499,21 +787,34 @@ pub fn report_429(
     let n = prior.saturating_add(1);
 
     let (until, reason) = if report.quota {
-        let hinted = add_ms(
-            now,
-            report.retry_after_secs.unwrap_or(0).saturating_mul(1000),
-        );
-        (
-            next_quota_reset(now, &policy.quota_reset).max(hinted),
-            "quota",
-        )
-    } else if let Some(secs) = report.retry_after_secs {
-        if secs <= policy.retry_same_account_threshold_seconds {
-            return Outcome::SleepThenRetry {
-                ms: secs.saturating_mul(1000),
-            };
+        let until = match (acct.quota_window_ms, report.retry_after_ms) {
+            // An account with its own quota window (a key's "N requests per 5 hours"): the
+            // daily reset of the OAuth tier does not apply. The window began at or before
+            // now, so it has reset by now + window at the latest (a rolling window too). A
+            // hint says exactly when, as only the server knows where its window stands, and
+            // may be later (a weekly quota behind a 5-hour one): it replaces the bound. The
+            // backoff step is its floor, so a hint of 0 (a clock ahead of the server's, a
+            // generic Retry-After) does not send the next request straight back to it.
+            (Some(_), Some(hint)) => add_ms(
+                now,
+                hint.max(backoff_ms(n, policy.backoff_base_ms, policy.backoff_max_ms)),
+            ),
+            (Some(window), None) => add_ms(now, window),
+            // The OAuth tier: the daily reset, or a later hint.
+            (None, hint) => {
+                next_quota_reset(now, &policy.quota_reset).max(add_ms(now, hint.unwrap_or(0)))
+            }
+        };
+        (until, "quota")
+    } else if let Some(ms) = report.retry_after_ms {
+        if ms
+            <= policy
+                .retry_same_account_threshold_seconds
+                .saturating_mul(1000)
+        {
+            return Outcome::SleepThenRetry { ms };
         }
-        (add_ms(now, secs.saturating_mul(1000)), "retry-after")
+        (add_ms(now, ms), "retry-after")
     } else {
         let ms = backoff_ms(n, policy.backoff_base_ms, policy.backoff_max_ms);
         if n == 1 && !policy.switch_on_first_rate_limit {
@@ -1184,17 +1485,495 @@ mod tests {
         assert_eq!(backoff_ms(3, 1000, 2500), 2500);
     }
 
+    // ---- rate-limit headers ----
+
+    #[test]
+    fn durations_read_go_syntax_round_up_and_saturate() {
+        for (text, want) in [
+            ("6m0s", 360_000),
+            ("1h2m3.5s", 3_723_500),
+            ("250ms", 250),
+            ("20s", 20_000),
+            ("7.66s", 7_660),
+            ("2m59.56s", 179_560),
+            ("0", 0),
+            ("0s", 0),
+            ("+5h", 5 * H as u64),
+            ("5h", 5 * H as u64),
+            ("1.5h", 5_400_000),
+            ("7d", 7 * 86_400_000),
+            ("1w", 7 * 86_400_000),
+            ("1w1d1h1m1s1ms", 8 * 86_400_000 + 3_661_001),
+            (".5s", 500),
+            ("5.s", 5_000),
+            (" 30s\r\n", 30_000),
+            // Below a millisecond rounds up: a retry never comes early.
+            ("1ns", 1),
+            ("1us", 1),
+            ("1µs", 1),
+            ("1μs", 1),
+            ("1000000ns", 1),
+            ("1000001ns", 2),
+            ("0.0000001s", 1),
+            ("0.000000000000000000000000000001s", 1),
+            ("0.000000000000000000000000000000s", 0),
+            ("1.0000000000000000000000000001ms", 2),
+            ("0001s", 1_000),
+        ] {
+            assert_eq!(parse_duration_ms(text), Some(want), "{text:?}");
+        }
+        for huge in [
+            "18446744073709551615ms",
+            "18446744073709551616ms",
+            "99999999999999999999999999999999999999999999w",
+            &format!("{}h", "9".repeat(4096)),
+            &"999999999w".repeat(1000),
+        ] {
+            assert_eq!(parse_duration_ms(huge), Some(u64::MAX), "{huge:.40}");
+        }
+        for bad in [
+            "", " ", "5", "00", "-5s", "-0", "5 s", "1h 2m", "5x", "h", "s5", ".s", "1..5s",
+            "1.2.3s", "5sm", "1m5", "5H", "5S", "5min", "5mo", "0x10s", "++5s", "5s,", "1e3s",
+            "٣s",
+        ] {
+            assert_eq!(parse_duration_ms(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn x_ratelimit_reset_is_delta_seconds_unix_seconds_or_unix_ms_by_size() {
+        let r = |v: &str| parse_reset_epoch(v, NOW);
+        let now_s = NOW / 1000;
+        assert_eq!(r("30"), Some(30_000), "small: delta-seconds");
+        assert_eq!(r("0"), Some(0));
+        assert_eq!(r("1.5"), Some(1_500));
+        assert_eq!(r("999999999"), Some(999_999_999_000), "the largest delta");
+        assert_eq!(
+            r("1000000000"),
+            Some(0),
+            "the smallest Unix time: 2001, past"
+        );
+        assert_eq!(r(&(now_s + 60).to_string()), Some(60_000), "Unix seconds");
+        assert_eq!(r(&format!("{}.25", now_s + 60)), Some(60_250));
+        assert_eq!(r(&(now_s - 60).to_string()), Some(0), "past: 0");
+        assert_eq!(r("999999999999"), Some(999_999_999_999_000 - NOW as u64));
+        assert_eq!(r(&(NOW + 1500).to_string()), Some(1_500), "Unix ms");
+        assert_eq!(r(&format!("{}.1", NOW + 1500)), Some(1_501));
+        assert_eq!(
+            r("1000000000000"),
+            Some(0),
+            "the smallest Unix ms: 2001, past"
+        );
+        assert_eq!(r("6m0s"), Some(360_000), "a duration");
+        // Huge values are a long wait, never a panic (the command caps them).
+        assert_eq!(r("18446744073709551615"), Some(u64::MAX - NOW as u64));
+        assert_eq!(r(&"9".repeat(4096)), Some(u64::MAX));
+        assert_eq!(
+            parse_reset_epoch("1000000000", i64::MIN),
+            Some(1_000_000_000_000 + (1 << 63))
+        );
+        assert_eq!(parse_reset_epoch("1000000000000", i64::MAX), Some(0));
+        for bad in ["", "-5", "soon", "1e9", "0x10", ".5", "1.2.3", "5 0", "+5"] {
+            assert_eq!(r(bad), None, "{bad:?}");
+        }
+    }
+
+    fn wait(block: &str) -> (Option<u64>, Option<&'static str>) {
+        let h = header_hint(block.as_bytes(), NOW);
+        (h.wait_ms, h.from)
+    }
+
+    #[test]
+    fn header_blocks_are_read_leniently() {
+        let ra = Some("Retry-After");
+        // Status line optional; CRLF or LF; names without case; spaces around the value.
+        for block in [
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 120\r\n\r\n",
+            "HTTP/2 429 \r\nretry-after:120\r\n\r\n",
+            "HTTP/2 429\nRETRY-AFTER: \t120 \n\n",
+            "Retry-After: 120",
+            "Retry-After: 120\r\n",
+            "x: 1\nno colon here\n:\n\u{1}\u{ff}garbage: x\nRetry-After: 120\n",
+        ] {
+            assert_eq!(wait(block), (Some(120_000), ra), "{block:?}");
+        }
+        // Continuation lines (obsolete folding) are skipped, and so is a name with spaces.
+        assert_eq!(
+            wait("X-A: 1\r\n Retry-After: 9\r\nRetry-After : 9\r\n"),
+            (None, None)
+        );
+        // The last block counts: 1xx answers, redirects and a proxy's CONNECT come first.
+        let curl_d = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 302 Found\r\nRetry-After: 999\r\nLocation: /b\r\n\r\nHTTP/1.1 429 Too Many Requests\r\nx-ratelimit-reset-tokens: 7s\r\n\r\n";
+        assert_eq!(
+            wait(curl_d),
+            (Some(7_000), Some("x-ratelimit-reset-tokens"))
+        );
+        // What follows the empty line is the body, not headers.
+        let curl_i = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 10\r\n\r\nRetry-After: 99\r\n";
+        assert_eq!(wait(curl_i), (Some(10_000), ra));
+        assert_eq!(header_block_end(curl_i.as_bytes()), curl_i.len() - 17);
+        assert_eq!(header_block_end(curl_d.as_bytes()), curl_d.len());
+        assert_eq!(header_block_end(b"HTTP/1.1 429\n\n{}"), 14);
+        assert_eq!(header_block_end(b"\r\nbody"), 2, "an empty block");
+        assert_eq!(header_block_end(b"Retry-After: 1"), 14);
+        assert_eq!(header_block_end(b""), 0);
+        // Nothing to read.
+        for block in [
+            "",
+            "\r\n",
+            "HTTP/1.1 429\r\n\r\n",
+            "Retry-After:\r\n",
+            "\u{0}\u{0}",
+        ] {
+            assert_eq!(
+                header_hint(block.as_bytes(), NOW),
+                HeaderHint::default(),
+                "{block:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_wins_else_the_latest_reset() {
+        let ra = Some("Retry-After");
+        assert_eq!(
+            wait("Retry-After: 5\nx-ratelimit-reset-requests: 6m0s\nX-RateLimit-Reset: 900\n"),
+            (Some(5_000), ra),
+            "the server's instruction wins, shorter or not"
+        );
+        assert_eq!(
+            wait("x-ratelimit-reset-requests: 1s\nx-ratelimit-reset-tokens: 6m0s\n"),
+            (Some(360_000), Some("x-ratelimit-reset-tokens"))
+        );
+        assert_eq!(
+            wait("x-ratelimit-reset-requests: 2m\nx-ratelimit-reset-tokens: 250ms\n"),
+            (Some(120_000), Some("x-ratelimit-reset-requests"))
+        );
+        let epoch = format!(
+            "X-RateLimit-Reset: {}\nx-ratelimit-reset-tokens: 6m0s\n",
+            NOW + 600_000
+        );
+        assert_eq!(wait(&epoch), (Some(600_000), Some("X-RateLimit-Reset")));
+        assert_eq!(
+            wait("x-ratelimit-reset-requests: 20\n"),
+            (Some(20_000), Some("x-ratelimit-reset-requests")),
+            "a bare number is seconds"
+        );
+        // A repeated field, or one joined with commas, counts by its latest value.
+        assert_eq!(
+            wait("Retry-After: 30\nRetry-After: 10\n"),
+            (Some(30_000), ra)
+        );
+        assert_eq!(wait("Retry-After: 10, 30\n"), (Some(30_000), ra));
+        assert_eq!(wait("Retry-After: 10,,30,\n"), (Some(30_000), ra));
+        assert_eq!(
+            wait("Retry-After: 10, Mon, 23 Nov 2026 15:42:00 GMT\n"),
+            (Some(120_000), ra),
+            "an HTTP-date in a list keeps its comma"
+        );
+        assert_eq!(
+            wait("Retry-After: Mon, 23 Nov 2026 15:41:00 GMT, Mon, 23 Nov 2026 15:42:00 GMT\n"),
+            (Some(120_000), ra)
+        );
+        assert_eq!(
+            wait("x-ratelimit-reset-tokens: 1s, 6m0s\n"),
+            (Some(360_000), Some("x-ratelimit-reset-tokens"))
+        );
+    }
+
+    #[test]
+    fn unreadable_rate_limit_headers_are_named_and_skipped() {
+        let h = header_hint(
+            b"Retry-After: soon\r\nx-ratelimit-reset-tokens: 6 minutes\r\nX-RateLimit-Reset: \xff\r\nX-Other: ?\r\nx-ratelimit-reset-requests: 2s\r\nRetry-After: 5, soon\r\n",
+            NOW,
+        );
+        assert_eq!(h.wait_ms, Some(2_000), "the readable one is used");
+        assert_eq!(h.from, Some("x-ratelimit-reset-requests"));
+        let names: Vec<&str> = h.ignored.iter().map(|i| i.0).collect();
+        assert_eq!(
+            names,
+            [
+                "Retry-After",
+                "x-ratelimit-reset-tokens",
+                "X-RateLimit-Reset",
+                "Retry-After"
+            ]
+        );
+        assert_eq!(h.ignored[0].1, "soon");
+        assert_eq!(h.ignored[0].2, "not delta-seconds or an HTTP-date");
+        assert_eq!(h.ignored[2].1, "\u{fffd}");
+    }
+
+    #[test]
+    fn header_hints_saturate() {
+        for block in [
+            "Retry-After: 99999999999999999999999\n".to_string(),
+            format!("x-ratelimit-reset-tokens: {}h\n", "9".repeat(5000)),
+            format!("X-RateLimit-Reset: {}\n", "9".repeat(5000)),
+            "Retry-After: 18446744073709551615\n".to_string(),
+        ] {
+            assert_eq!(
+                header_hint(block.as_bytes(), NOW).wait_ms,
+                Some(u64::MAX),
+                "{block:.40}"
+            );
+        }
+        assert_eq!(
+            header_hint(b"Retry-After: 1\n", i64::MIN).wait_ms,
+            Some(1000)
+        );
+        assert_eq!(
+            header_hint(b"Retry-After: Mon, 23 Nov 2026 15:42:00 GMT\n", i64::MAX).wait_ms,
+            Some(0),
+            "a date long past"
+        );
+    }
+
+    /// xorshift64*, for the randomised properties below (the same cases on every run).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    /// Any h/m/s/ms written the Go way reads back as its exact length.
+    #[test]
+    fn property_written_durations_read_back() {
+        let mut rng = Rng(0x5EED_1234_ABCD_0001);
+        for _ in 0..5000 {
+            let (d, h, m, s, ms) = (
+                rng.below(400),
+                rng.below(100),
+                rng.below(100),
+                rng.below(100),
+                rng.below(1000),
+            );
+            let want = (((d * 24 + h) * 60 + m) * 60 + s) * 1000 + ms;
+            let mut text = String::new();
+            for (n, unit) in [(d, "d"), (h, "h"), (m, "m"), (s, "s"), (ms, "ms")] {
+                if n > 0 || rng.below(4) == 0 {
+                    text += &format!("{n}{unit}");
+                }
+            }
+            if text.is_empty() {
+                text = "0".into();
+            }
+            assert_eq!(parse_duration_ms(&text), Some(want), "{text}");
+            // The same as seconds with a fraction (Go's "%.3fs" style).
+            let secs = format!("{}.{:03}s", want / 1000, want % 1000);
+            assert_eq!(parse_duration_ms(&secs), Some(want), "{secs}");
+        }
+    }
+
+    /// A header block's hint does not depend on line endings, case, the status line, where the
+    /// field stands among others, or garbage lines; and no byte string panics.
+    #[test]
+    fn property_header_hint_ignores_form_and_never_panics() {
+        let mut rng = Rng(0x5EED_1234_ABCD_0002);
+        let noise = [
+            "Content-Type: application/json",
+            "x-request-id: 5b8e",
+            "garbage line",
+            "X-RateLimit-Limit: 100",
+            "x-ratelimit-remaining-tokens: 0",
+            ": empty name",
+        ];
+        for _ in 0..3000 {
+            let secs = rng.below(10_000_000);
+            let (name, value, want) = match rng.below(4) {
+                0 => ("Retry-After", secs.to_string(), secs * 1000),
+                1 => (
+                    "x-ratelimit-reset-requests",
+                    format!("{secs}s"),
+                    secs * 1000,
+                ),
+                2 => (
+                    "x-ratelimit-reset-tokens",
+                    format!("{}m{}s", secs / 60, secs % 60),
+                    secs * 1000,
+                ),
+                _ => (
+                    "X-RateLimit-Reset",
+                    (NOW / 1000 + secs as i64).to_string(),
+                    secs * 1000,
+                ),
+            };
+            let name: String = name
+                .chars()
+                .map(|c| {
+                    if rng.below(2) == 0 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                })
+                .collect();
+            let eol = if rng.below(2) == 0 { "\r\n" } else { "\n" };
+            let mut lines: Vec<String> = (0..rng.below(6))
+                .map(|_| noise[rng.below(noise.len() as u64) as usize].to_string())
+                .collect();
+            let at = rng.below(lines.len() as u64 + 1) as usize;
+            lines.insert(
+                at,
+                format!("{name}:{}{value}", " ".repeat(rng.below(3) as usize)),
+            );
+            if rng.below(2) == 0 {
+                lines.insert(0, "HTTP/1.1 429 Too Many Requests".into());
+            }
+            let mut block = lines.join(eol);
+            block += eol;
+            block += eol;
+            let body_at = block.len();
+            block += r#"{"error":"Retry-After: 1"}"#;
+            let h = header_hint(block.as_bytes(), NOW);
+            assert_eq!(h.wait_ms, Some(want), "{block:?}");
+            assert_eq!(header_block_end(block.as_bytes()), body_at, "{block:?}");
+
+            // Random bytes, and the block with bytes flipped: any answer, no panic.
+            let junk: Vec<u8> = (0..rng.below(200)).map(|_| rng.next() as u8).collect();
+            let _ = header_hint(&junk, NOW);
+            let mut bent = block.into_bytes();
+            for _ in 0..rng.below(8) {
+                let i = rng.below(bent.len() as u64) as usize;
+                bent[i] = rng.next() as u8;
+            }
+            let _ = header_hint(&bent, rng.next() as i64);
+            assert!(header_block_end(&bent) <= bent.len());
+        }
+    }
+
+    // ---- quota window ----
+
+    fn windowed(ids: &[&str], window_ms: u64) -> Store {
+        let mut s = store(ids);
+        for a in &mut s.accounts {
+            a.quota_window_ms = Some(window_ms);
+        }
+        s
+    }
+
+    fn quota_hint(ms: u64) -> Report {
+        Report {
+            retry_after_ms: Some(ms),
+            quota: true,
+        }
+    }
+
+    #[test]
+    fn a_quota_window_replaces_the_daily_reset() {
+        let p = Policy::default(); // the daily reset is at 16:00Z, 20 minutes after NOW
+        let daily = ms("2026-11-23T16:00:00Z");
+        let mark = |until_ms| Outcome::Marked {
+            until_ms,
+            reason: "quota",
+        };
+        // No hint: until the window can have reset, shorter or longer than the daily reset.
+        for window in [10 * 60_000, 5 * H as u64, 7 * 86_400_000] {
+            let mut s = windowed(&["a", "b"], window);
+            assert_eq!(
+                report_429(&mut s, 0, &QUOTA, &p, NOW),
+                mark(NOW + window as i64),
+                "{window}"
+            );
+        }
+        // A hint says exactly when, shorter or longer than the window.
+        let mut s = windowed(&["a"], 5 * H as u64);
+        assert_eq!(
+            report_429(&mut s, 0, &quota_hint(600_000), &p, NOW),
+            mark(NOW + 600_000)
+        );
+        let mut s = windowed(&["a"], 5 * H as u64);
+        let week = 7 * 86_400_000;
+        assert_eq!(
+            report_429(&mut s, 0, &quota_hint(week), &p, NOW),
+            mark(NOW + week as i64)
+        );
+        // A hint of 0 (a clock ahead of the server's) is floored by the backoff ladder.
+        let mut s = windowed(&["a"], 5 * H as u64);
+        assert_eq!(
+            report_429(&mut s, 0, &quota_hint(0), &p, NOW),
+            mark(NOW + 1000)
+        );
+        assert_eq!(
+            report_429(&mut s, 0, &quota_hint(0), &p, NOW + 3000),
+            mark(NOW + 3000 + 2000),
+            "the second in a row: the next step"
+        );
+        // Without a window the daily reset still applies, whatever the hint.
+        let mut s = store(&["a"]);
+        assert_eq!(
+            report_429(&mut s, 0, &quota_hint(600_000), &p, NOW),
+            mark(daily)
+        );
+        // A throttle (no quota body) on a windowed account: the hint or the ladder, as ever.
+        let mut s = windowed(&["a"], 5 * H as u64);
+        assert_eq!(
+            report_429(&mut s, 0, &Report::default(), &p, NOW),
+            Outcome::Marked {
+                until_ms: NOW + 1000,
+                reason: "backoff"
+            }
+        );
+        let mut s = windowed(&["a"], 5 * H as u64);
+        assert_eq!(
+            report_429(&mut s, 0, &hint(3), &p, NOW),
+            Outcome::SleepThenRetry { ms: 3000 }
+        );
+        // Saturates.
+        let mut s = windowed(&["a"], u64::MAX);
+        assert_eq!(report_429(&mut s, 0, &QUOTA, &p, NOW), mark(i64::MAX));
+        let mut s = windowed(&["a"], 1);
+        assert_eq!(
+            report_429(&mut s, 0, &quota_hint(u64::MAX), &p, NOW),
+            mark(i64::MAX)
+        );
+    }
+
+    #[test]
+    fn a_sub_second_hint_is_slept_in_milliseconds() {
+        let p = Policy::default();
+        let mut s = store(&["a"]);
+        let r = Report {
+            retry_after_ms: Some(250),
+            quota: false,
+        };
+        assert_eq!(
+            report_429(&mut s, 0, &r, &p, NOW),
+            Outcome::SleepThenRetry { ms: 250 }
+        );
+        let r = Report {
+            retry_after_ms: Some(5_001),
+            quota: false,
+        };
+        assert_eq!(
+            report_429(&mut s, 0, &r, &p, NOW),
+            Outcome::Marked {
+                until_ms: NOW + 5_001,
+                reason: "retry-after"
+            },
+            "past the 5 s threshold by a millisecond"
+        );
+    }
+
     // ---- report-429 ----
 
     fn hint(secs: u64) -> Report {
         Report {
-            retry_after_secs: Some(secs),
+            retry_after_ms: Some(secs.saturating_mul(1000)),
             quota: false,
         }
     }
 
     const QUOTA: Report = Report {
-        retry_after_secs: None,
+        retry_after_ms: None,
         quota: true,
     };
 
@@ -1215,7 +1994,7 @@ mod tests {
 
         let mut s = store(&["a", "b"]);
         let q = Report {
-            retry_after_secs: Some(3),
+            retry_after_ms: Some(3000),
             quota: true,
         };
         assert_eq!(
@@ -1228,7 +2007,7 @@ mod tests {
         );
         let mut s = store(&["a", "b"]);
         let q = Report {
-            retry_after_secs: Some(3600),
+            retry_after_ms: Some(3_600_000),
             quota: true,
         };
         assert_eq!(

@@ -27,6 +27,9 @@ pub fn clamp_time(t: i64) -> i64 {
     t.clamp(0, MAX_TIME_MS)
 }
 
+/// The longest quota window an account may declare (366 days, in ms): past that it is a typo.
+pub const MAX_QUOTA_WINDOW_MS: i64 = 366 * 86_400_000;
+
 /// The largest counter a store may hold (JSON readers beyond this lose precision).
 pub const MAX_COUNT: u64 = i64::MAX as u64;
 
@@ -59,6 +62,10 @@ pub struct Account {
     pub consecutive_rate_limits: u32,
     /// When the current cooldown was set (Unix ms): the 2 s idempotence window of report-429.
     pub last_rate_limited_at: Option<i64>,
+    /// The account's own quota window (ms, e.g. 5 h for a key with a quota per 5 hours): a
+    /// quota 429 cools it until the window can have reset instead of until the daily reset
+    /// (rotation.rs, `report_429`). `None`: the daily reset applies.
+    pub quota_window_ms: Option<u64>,
     pub status: Status,
     pub status_reason: Option<String>,
     pub status_changed_at: Option<i64>,
@@ -497,6 +504,7 @@ impl Account {
             rate_limit_reason: None,
             consecutive_rate_limits: 0,
             last_rate_limited_at: None,
+            quota_window_ms: None,
             status: Status::Active,
             status_reason: None,
             status_changed_at: None,
@@ -555,6 +563,11 @@ impl Account {
             )?
             .unwrap_or(0) as u32;
         let last_rate_limited_at = f.time("last_rate_limited_at", true)?;
+        let window = "a number of milliseconds from 1 to 31622400000 (366 days)";
+        let quota_window_ms = match f.int("quota_window_ms", true, MAX_QUOTA_WINDOW_MS, window)? {
+            Some(0) => return Err(f.err("quota_window_ms", window)),
+            w => w.map(|w| w as u64),
+        };
         let status = match f.string("status", false)?.as_deref() {
             None | Some("active") => Status::Active,
             Some("revoked") => Status::Revoked,
@@ -581,6 +594,7 @@ impl Account {
             rate_limit_reason,
             consecutive_rate_limits,
             last_rate_limited_at,
+            quota_window_ms,
             status,
             status_reason,
             status_changed_at,
@@ -640,6 +654,9 @@ impl Serialize for Account {
         }
         if let Some(t) = self.last_rate_limited_at {
             m.serialize_entry("last_rate_limited_at", &t)?;
+        }
+        if let Some(w) = self.quota_window_ms {
+            m.serialize_entry("quota_window_ms", &w)?;
         }
         if self.status == Status::Revoked {
             m.serialize_entry("status", "revoked")?;
@@ -814,6 +831,38 @@ mod tests {
         ] {
             let e = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_quota_window_is_optional_positive_and_written_only_when_set() {
+        let s = parse(&format!(r#"{{"accounts": [{ACCOUNT}]}}"#)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.accounts[0].quota_window_ms, None);
+        let out = String::from_utf8(s.to_json()).unwrap_or_default();
+        assert!(!out.contains("quota_window_ms"), "{out}");
+        let with = |v: &str| {
+            let a = ACCOUNT.replacen("}", &format!(r#", "quota_window_ms": {v}}}"#), 1);
+            parse(&format!(r#"{{"accounts": [{a}]}}"#))
+        };
+        for (value, want) in [("18000000", Some(18_000_000)), ("null", None)] {
+            let s = with(value).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(s.accounts[0].quota_window_ms, want, "{value}");
+            let out = String::from_utf8(s.to_json()).unwrap_or_default();
+            assert_eq!(
+                out.contains(&format!(r#""quota_window_ms": {value}"#)),
+                want.is_some()
+            );
+            assert_eq!(parse(&out).ok(), Some(s), "round trip");
+        }
+        assert!(with(&MAX_QUOTA_WINDOW_MS.to_string()).is_ok(), "366 days");
+        let over = (MAX_QUOTA_WINDOW_MS + 1).to_string();
+        for bad in ["0", "-1", over.as_str(), "1.5", "\"5h\"", "1e3"] {
+            let e = with(bad).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|e| e
+                    .contains("accounts[0].quota_window_ms: expected a number of milliseconds")),
+                "{bad}: {e:?}"
+            );
         }
     }
 

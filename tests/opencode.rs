@@ -442,7 +442,10 @@ fn opencode_run_rotates_to_the_second_account_on_quota() {
     assert_no_token_in_argv(&oc, &["at-1", "at-2", "rt-1", "rt-2"]);
     let log = oc.argv_log();
     assert!(log.contains("token --format json"), "{log}");
-    assert!(log.contains("report-429 --account 1 --body -"), "{log}");
+    assert!(
+        log.contains("report-429 --account 1 --headers - --body -"),
+        "{log}"
+    );
 }
 
 /// Issue 9 item 6, end to end: the API refuses account 1's token (401) and the forced refresh
@@ -904,7 +907,81 @@ fn plugin_fetch_refreshes_on_401_and_explains_an_exhausted_pool() {
     assert_no_token_in_argv(&oc, &["at-1", "at-2", "rt-1", "rt-2"]);
     let log = oc.argv_log();
     assert!(log.contains("refresh --account 1 --force"), "{log}");
-    assert!(log.contains("report-429 --account 2 --body -"), "{log}");
+    assert!(
+        log.contains("report-429 --account 2 --headers - --body - --json"),
+        "{log}"
+    );
+}
+
+/// The plugin hands report-429 the 429's headers with its body: a reset header alone decides
+/// how long the account cools down, and a quota window with an X-RateLimit-Reset too.
+#[test]
+fn plugin_fetch_passes_the_rate_limit_headers_to_report_429() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    let ids: Vec<u64> = (1..=3)
+        .map(|i| mock.add_account(&format!("rt-{i}"), &format!("at-{i}")))
+        .collect();
+    let mut store = util::store_with(3);
+    for a in store["accounts"].as_array_mut().expect("accounts") {
+        a["resource_url"] = json!(mock.base_url());
+    }
+    store["accounts"][1]["quota_window_ms"] = json!(5 * 3_600_000);
+    oc.write_store(&store);
+    oc.env.expect(&["opencode", "install"], 0);
+    let plan =
+        json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()), "auth": AUTH_MARKER});
+    let h = |k: &str, v: &str| (k.to_string(), v.to_string());
+
+    // A throttle whose only hint is OpenAI-style reset headers: the later one counts.
+    mock.api_script_for(
+        ids[0],
+        ApiReply::Status {
+            status: 429,
+            headers: vec![
+                h("x-ratelimit-reset-requests", "1s"),
+                h("x-ratelimit-reset-tokens", "6m0s"),
+            ],
+            body: r#"{"error":{"message":"Rate limit reached for tokens"}}"#.into(),
+        },
+    );
+    // A quota 429 on an account with a 5-hour window, saying when its window resets.
+    let reset_s = now_ms() / 1000 + 3600;
+    mock.api_script_for(
+        ids[1],
+        ApiReply::Status {
+            status: 429,
+            headers: vec![h("X-RateLimit-Reset", &reset_s.to_string())],
+            body: r#"{"error":{"code":"insufficient_quota","message":"quota exceeded"}}"#.into(),
+        },
+    );
+    let before = now_ms();
+    let r = node_step(&oc, &node, plan);
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert_eq!(bearers(&mock), ["at-1", "at-2", "at-3"]);
+    let s = oc.read_store();
+    let cooling = |i: usize| {
+        let a = &s["accounts"][i];
+        (
+            a["rate_limit_resets_at"].as_i64().unwrap_or(0) - before,
+            a["rate_limit_reason"].clone(),
+        )
+    };
+    let (ms, reason) = cooling(0);
+    assert_eq!(reason, "retry-after");
+    assert!((ms - 360_000).abs() < 10_000, "{ms}");
+    let (ms, reason) = cooling(1);
+    assert_eq!(reason, "quota");
+    assert!((ms - 3_600_000).abs() < 10_000, "{ms}");
+    let log = oc.argv_log();
+    assert!(
+        log.contains("report-429 --account 1 --headers - --body - --json"),
+        "{log}"
+    );
+    assert_no_token_in_argv(&oc, &["at-1", "at-2", "at-3", "rt-1", "rt-2", "rt-3"]);
 }
 
 /// The chat requests' bearer tokens, in order.
@@ -1411,7 +1488,7 @@ fn plugin_toasts_once_when_concurrent_requests_move_to_the_next_account() {
     assert_eq!(bearers(&mock)[..3], ["at-1", "at-1", "at-1"]);
     let log = oc.argv_log();
     assert_eq!(
-        log.matches("report-429 --account 1 --body - --json")
+        log.matches("report-429 --account 1 --headers - --body - --json")
             .count(),
         3,
         "{log}"

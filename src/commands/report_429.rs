@@ -11,12 +11,15 @@ use std::io::Read;
 
 /// Enough of a response body to recognise a quota error.
 const MAX_BODY: u64 = 1024 * 1024;
-const MAX_RETRY_AFTER_SECS: u64 = 7 * 86_400;
+/// Far more than any response's header block; the rest of a longer one is not read.
+const MAX_HEADERS: u64 = 64 * 1024;
+/// A cooldown past a week is a server's mistake; the cap keeps a stored time sane.
+const MAX_HINT_MS: u64 = 7 * 86_400_000;
 
 pub fn run(cfg: &Config, args: &Report429) -> Result<()> {
     let policy = cfg.rotation_policy();
     let now = crate::store::now_ms();
-    let retry_after = args
+    let explicit = args
         .retry_after
         .as_deref()
         .filter(|v| !v.trim().is_empty())
@@ -28,15 +31,30 @@ pub fn run(cfg: &Config, args: &Report429) -> Result<()> {
                     v.escape_debug()
                 ));
             }
-            // A cooldown past a week is a server's mistake; cap it so a stored time stays sane.
-            secs.map(|n| n.min(MAX_RETRY_AFTER_SECS))
+            secs.map(|n| n.saturating_mul(1000))
         });
-    let body = match args.body.as_deref() {
-        None => String::new(),
-        Some(path) => read_body(path)?,
+    let (head, body) = read_response(args)?;
+    // `--retry-after` is what the caller read from the headers itself: it wins over them.
+    let hint = head.map(|h| rotation::header_hint(&h, now));
+    for (name, value, why) in hint.iter().flat_map(|h| &h.ignored) {
+        let shown: String = value.chars().take(80).collect();
+        crate::msg::warn(&format!(
+            "ignoring the {name} header \"{}\": {why}",
+            shown.escape_debug()
+        ));
+    }
+    let retry_after_ms = match (explicit, &hint) {
+        (Some(ms), _) => Some(ms),
+        (None, Some(h)) => {
+            if let (Some(ms), Some(from)) = (h.wait_ms, h.from) {
+                crate::msg::debug(&format!("{from} says retry in {ms} ms"));
+            }
+            h.wait_ms
+        }
+        (None, None) => None,
     };
     let report = Report {
-        retry_after_secs: retry_after,
+        retry_after_ms: retry_after_ms.map(|ms| ms.min(MAX_HINT_MS)),
         quota: rotation::is_quota_body(&body),
     };
     let who = args.account.clone().or_else(|| cfg.account_id_env.clone());
@@ -178,13 +196,39 @@ impl Decision {
     }
 }
 
-fn read_body(path: &str) -> Result<String> {
+/// The response's header block (`--headers`) and body (`--body`), each bounded. When both
+/// name the same file (`-` included: stdin can be read only once), it holds the header block,
+/// an empty line and the body, as `curl -i` prints a response.
+fn read_response(args: &Report429) -> Result<(Option<Vec<u8>>, String)> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match (args.headers.as_deref(), args.body.as_deref()) {
+        (Some(h), Some(b)) if h == b => {
+            let all = read_bounded(h, MAX_HEADERS + MAX_BODY, "response")?;
+            let end = rotation::header_block_end(&all);
+            let head = all[..end.min(MAX_HEADERS as usize)].to_vec();
+            let body = &all[end..];
+            Ok((Some(head), text(&body[..body.len().min(MAX_BODY as usize)])))
+        }
+        (h, b) => {
+            let head = h
+                .map(|h| read_bounded(h, MAX_HEADERS, "response headers"))
+                .transpose()?;
+            let body = b
+                .map(|b| read_bounded(b, MAX_BODY, "response body"))
+                .transpose()?;
+            Ok((head, body.as_deref().map(text).unwrap_or_default()))
+        }
+    }
+}
+
+/// At most `limit` bytes of `path`, or of stdin for `-`.
+fn read_bounded(path: &str, limit: u64, what: &str) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     let read = if path == "-" {
-        std::io::stdin().lock().take(MAX_BODY).read_to_end(&mut buf)
+        std::io::stdin().lock().take(limit).read_to_end(&mut buf)
     } else {
-        std::fs::File::open(path).and_then(|f| f.take(MAX_BODY).read_to_end(&mut buf))
+        std::fs::File::open(path).and_then(|f| f.take(limit).read_to_end(&mut buf))
     };
-    read.map_err(|e| Error::File(format!("cannot read the response body {path}: {e}")))?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+    read.map_err(|e| Error::File(format!("cannot read the {what} {path}: {e}")))?;
+    Ok(buf)
 }
