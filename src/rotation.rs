@@ -1729,127 +1729,6 @@ mod tests {
         );
     }
 
-    /// xorshift64*, for the randomised properties below (the same cases on every run).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-    }
-
-    /// Any h/m/s/ms written the Go way reads back as its exact length.
-    #[test]
-    fn property_written_durations_read_back() {
-        let mut rng = Rng(0x5EED_1234_ABCD_0001);
-        for _ in 0..5000 {
-            let (d, h, m, s, ms) = (
-                rng.below(400),
-                rng.below(100),
-                rng.below(100),
-                rng.below(100),
-                rng.below(1000),
-            );
-            let want = (((d * 24 + h) * 60 + m) * 60 + s) * 1000 + ms;
-            let mut text = String::new();
-            for (n, unit) in [(d, "d"), (h, "h"), (m, "m"), (s, "s"), (ms, "ms")] {
-                if n > 0 || rng.below(4) == 0 {
-                    text += &format!("{n}{unit}");
-                }
-            }
-            if text.is_empty() {
-                text = "0".into();
-            }
-            assert_eq!(parse_duration_ms(&text), Some(want), "{text}");
-            // The same as seconds with a fraction (Go's "%.3fs" style).
-            let secs = format!("{}.{:03}s", want / 1000, want % 1000);
-            assert_eq!(parse_duration_ms(&secs), Some(want), "{secs}");
-        }
-    }
-
-    /// A header block's hint does not depend on line endings, case, the status line, where the
-    /// field stands among others, or garbage lines; and no byte string panics.
-    #[test]
-    fn property_header_hint_ignores_form_and_never_panics() {
-        let mut rng = Rng(0x5EED_1234_ABCD_0002);
-        let noise = [
-            "Content-Type: application/json",
-            "x-request-id: 5b8e",
-            "garbage line",
-            "X-RateLimit-Limit: 100",
-            "x-ratelimit-remaining-tokens: 0",
-            ": empty name",
-        ];
-        for _ in 0..3000 {
-            let secs = rng.below(10_000_000);
-            let (name, value, want) = match rng.below(4) {
-                0 => ("Retry-After", secs.to_string(), secs * 1000),
-                1 => (
-                    "x-ratelimit-reset-requests",
-                    format!("{secs}s"),
-                    secs * 1000,
-                ),
-                2 => (
-                    "x-ratelimit-reset-tokens",
-                    format!("{}m{}s", secs / 60, secs % 60),
-                    secs * 1000,
-                ),
-                _ => (
-                    "X-RateLimit-Reset",
-                    (NOW / 1000 + secs as i64).to_string(),
-                    secs * 1000,
-                ),
-            };
-            let name: String = name
-                .chars()
-                .map(|c| {
-                    if rng.below(2) == 0 {
-                        c.to_ascii_uppercase()
-                    } else {
-                        c.to_ascii_lowercase()
-                    }
-                })
-                .collect();
-            let eol = if rng.below(2) == 0 { "\r\n" } else { "\n" };
-            let mut lines: Vec<String> = (0..rng.below(6))
-                .map(|_| noise[rng.below(noise.len() as u64) as usize].to_string())
-                .collect();
-            let at = rng.below(lines.len() as u64 + 1) as usize;
-            lines.insert(
-                at,
-                format!("{name}:{}{value}", " ".repeat(rng.below(3) as usize)),
-            );
-            if rng.below(2) == 0 {
-                lines.insert(0, "HTTP/1.1 429 Too Many Requests".into());
-            }
-            let mut block = lines.join(eol);
-            block += eol;
-            block += eol;
-            let body_at = block.len();
-            block += r#"{"error":"Retry-After: 1"}"#;
-            let h = header_hint(block.as_bytes(), NOW);
-            assert_eq!(h.wait_ms, Some(want), "{block:?}");
-            assert_eq!(header_block_end(block.as_bytes()), body_at, "{block:?}");
-
-            // Random bytes, and the block with bytes flipped: any answer, no panic.
-            let junk: Vec<u8> = (0..rng.below(200)).map(|_| rng.next() as u8).collect();
-            let _ = header_hint(&junk, NOW);
-            let mut bent = block.into_bytes();
-            for _ in 0..rng.below(8) {
-                let i = rng.below(bent.len() as u64) as usize;
-                bent[i] = rng.next() as u8;
-            }
-            let _ = header_hint(&bent, rng.next() as i64);
-            assert!(header_block_end(&bent) <= bent.len());
-        }
-    }
-
     // ---- quota window ----
 
     fn windowed(ids: &[&str], window_ms: u64) -> Store {
@@ -2427,6 +2306,91 @@ mod proptests {
         ) {
             let _ = parse_retry_after(&s, now);
             let _ = parse_retry_after(&String::from_utf8_lossy(&b), now);
+        }
+    }
+
+    const HDR_NOW: i64 = 1_795_000_000_000;
+    const NOISE: &[&str] = &[
+        "Content-Type: application/json",
+        "x-request-id: 5b8e",
+        "garbage line",
+        "X-RateLimit-Limit: 100",
+        "x-ratelimit-remaining-tokens: 0",
+        ": empty name",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Any d/h/m/s/ms written the Go way reads back as its exact length, and so does the
+        /// same length written as seconds with a fraction.
+        #[test]
+        fn written_durations_read_back(
+            parts in (0u64..400, 0u64..100, 0u64..100, 0u64..100, 0u64..1000),
+            zeros in vec(any::<bool>(), 5),
+        ) {
+            let (d, h, m, s, ms) = parts;
+            let want = (((d * 24 + h) * 60 + m) * 60 + s) * 1000 + ms;
+            let mut text = String::new();
+            for (i, (n, unit)) in [(d, "d"), (h, "h"), (m, "m"), (s, "s"), (ms, "ms")].into_iter().enumerate() {
+                if n > 0 || zeros[i] {
+                    text += &format!("{n}{unit}");
+                }
+            }
+            if text.is_empty() {
+                text = "0".into();
+            }
+            prop_assert_eq!(parse_duration_ms(&text), Some(want), "{}", text);
+            let secs = format!("{}.{:03}s", want / 1000, want % 1000);
+            prop_assert_eq!(parse_duration_ms(&secs), Some(want), "{}", secs);
+        }
+
+        /// A header block's hint does not depend on line endings, case, the status line,
+        /// where the field stands among others, or noise lines; and bent bytes never panic.
+        #[test]
+        fn header_hint_ignores_form_and_never_panics(
+            secs in 0u64..10_000_000,
+            style in 0u8..4,
+            upper in vec(any::<bool>(), 40),
+            crlf in any::<bool>(),
+            noise in vec(select(NOISE), 0..6),
+            at in any::<proptest::sample::Index>(),
+            spaces in 0usize..3,
+            status in any::<bool>(),
+            bends in edits(),
+            junk in vec(any::<u8>(), 0..200),
+            clock in any::<i64>(),
+        ) {
+            let (name, value) = match style {
+                0 => ("Retry-After", secs.to_string()),
+                1 => ("x-ratelimit-reset-requests", format!("{secs}s")),
+                2 => ("x-ratelimit-reset-tokens", format!("{}m{}s", secs / 60, secs % 60)),
+                _ => ("X-RateLimit-Reset", (HDR_NOW / 1000 + secs as i64).to_string()),
+            };
+            let name: String = name
+                .chars()
+                .zip(upper.iter().cycle())
+                .map(|(c, &u)| if u { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() })
+                .collect();
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let mut lines: Vec<String> = noise.iter().map(|n| n.to_string()).collect();
+            let i = at.index(lines.len() + 1);
+            lines.insert(i, format!("{name}:{}{value}", " ".repeat(spaces)));
+            if status {
+                lines.insert(0, "HTTP/1.1 429 Too Many Requests".into());
+            }
+            let mut block = lines.join(eol);
+            block += eol;
+            block += eol;
+            let body_at = block.len();
+            block += r#"{"error":"Retry-After: 1"}"#;
+            let h = header_hint(block.as_bytes(), HDR_NOW);
+            prop_assert_eq!(h.wait_ms, Some(secs * 1000), "{:?}", block);
+            prop_assert_eq!(header_block_end(block.as_bytes()), body_at, "{:?}", block);
+            let _ = header_hint(&junk, HDR_NOW);
+            let bent = apply(block.into_bytes(), &bends);
+            let _ = header_hint(&bent, clock);
+            prop_assert!(header_block_end(&bent) <= bent.len());
         }
     }
 }
