@@ -25,6 +25,11 @@ pub enum Command {
     Use(Use),
     Remove(Remove),
     Import(Import),
+    Label(Label),
+    Enable(Enable),
+    Disable(Disable),
+    Reset(Reset),
+    Status(StatusCmd),
     Config(ConfigCmd),
     Opencode(Opencode),
 }
@@ -110,6 +115,9 @@ pub struct Login {
     /// print progress as JSON lines on stdout
     #[argh(switch)]
     pub json: bool,
+    /// a name for the new account, shown by list and status
+    #[argh(option)]
+    pub label: Option<String>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -128,6 +136,9 @@ pub struct Refresh {
     /// refresh even if the token is not due
     #[argh(switch)]
     pub force: bool,
+    /// print the result of each account as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
 }
 
 #[derive(FromArgs, Debug)]
@@ -137,15 +148,21 @@ pub struct List {
     /// print a JSON array instead of a table
     #[argh(switch)]
     pub json: bool,
+    /// print only the account ids, one per line
+    #[argh(switch)]
+    pub ids: bool,
 }
 
 #[derive(FromArgs, Debug)]
 /// Make an account the current one.
 #[argh(subcommand, name = "use")]
 pub struct Use {
-    /// account id, or its email where unambiguous
+    /// account id, or its label or email where unambiguous
     #[argh(positional)]
     pub id: String,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
 }
 
 #[derive(FromArgs, Debug)]
@@ -158,6 +175,9 @@ pub struct Remove {
     /// delete every account
     #[argh(switch)]
     pub all: bool,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
 }
 
 #[derive(FromArgs, Debug)]
@@ -170,6 +190,76 @@ pub struct Import {
     /// email to show for this account
     #[argh(option)]
     pub email: Option<String>,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Give an account a name of your own, shown by list and status and usable as its ID.
+#[argh(subcommand, name = "label")]
+pub struct Label {
+    /// account id, or its label or email where unambiguous
+    #[argh(positional)]
+    pub id: String,
+    /// the new label
+    #[argh(positional)]
+    pub name: Option<String>,
+    /// remove the label
+    #[argh(switch)]
+    pub clear: bool,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Put a disabled account back in rotation.
+#[argh(subcommand, name = "enable")]
+pub struct Enable {
+    /// account id, or its label or email where unambiguous
+    #[argh(positional)]
+    pub id: String,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Take an account out of rotation, keeping it in the pool (a pinned --account still uses it).
+#[argh(subcommand, name = "disable")]
+pub struct Disable {
+    /// account id, or its label or email where unambiguous
+    #[argh(positional)]
+    pub id: String,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Clear the cooldown of an account (or of all), e.g. after a misclassified 429.
+#[argh(subcommand, name = "reset")]
+pub struct Reset {
+    /// account id, or its label or email where unambiguous
+    #[argh(positional)]
+    pub id: Option<String>,
+    /// clear the cooldown of every account
+    #[argh(switch)]
+    pub all: bool,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Show each account in detail: state, token expiry, requests today and in the last hour,
+/// last error.
+#[argh(subcommand, name = "status")]
+pub struct StatusCmd {
+    /// print a JSON object instead of text
+    #[argh(switch)]
+    pub json: bool,
 }
 
 #[derive(FromArgs, Debug)]

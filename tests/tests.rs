@@ -11,4 +11,5 @@ mod qwen_cli;
 mod robustness;
 mod rotation;
 mod serve;
+mod steer;
 mod terminal;

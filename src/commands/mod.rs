@@ -6,6 +6,7 @@ mod login;
 mod opencode;
 mod refresh;
 mod report_429;
+mod status;
 mod token;
 
 use crate::cli::{Cli, Command};
@@ -36,6 +37,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Use(a) => accounts::use_(&cfg, &a),
         Command::Remove(a) => accounts::remove(&cfg, &a),
         Command::Import(a) => accounts::import(&cfg, &a),
+        Command::Label(a) => accounts::label(&cfg, &a),
+        Command::Enable(a) => accounts::enable(&cfg, &a),
+        Command::Disable(a) => accounts::disable(&cfg, &a),
+        Command::Reset(a) => accounts::reset(&cfg, &a),
+        Command::Status(a) => status::run(&cfg, &a),
         Command::Config(a) => config::run(&cfg, &a),
         Command::Opencode(a) => opencode::run(&cfg, &a),
     }
@@ -77,12 +83,32 @@ pub fn wait_for_reset(cfg: &Config, until: i64, no_wait: bool) -> Result<()> {
     Ok(())
 }
 
+/// What an import did.
+pub struct Imported {
+    /// For the user, e.g. "imported F as account 2".
+    pub message: String,
+    /// A new account, not one already in the pool.
+    pub added: bool,
+    /// The account, as `--json` shows it.
+    pub account: serde_json::Value,
+}
+
 /// Adds (or updates) the account of a Qwen CLI file, linked to it (`import`, and `token` on
 /// an empty pool); returns what happened.
-pub fn import_file(cfg: &Config, path: &std::path::Path, email: Option<&str>) -> Result<String> {
+pub fn import_file(cfg: &Config, path: &std::path::Path, email: Option<&str>) -> Result<Imported> {
     let creds = crate::qwen_cli::read(path)?;
     let now = crate::store::now_ms();
     crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
-        crate::qwen_cli::import(s, path, &creds, email, now)
+        let added = s.index_by_refresh_token(&creds.refresh_token).is_none();
+        let message = crate::qwen_cli::import(s, path, &creds, email, now)?;
+        let account = match s.index_by_refresh_token(&creds.refresh_token) {
+            Some(i) => accounts::account_json(cfg, s, &s.accounts[i], now),
+            None => serde_json::Value::Null,
+        };
+        Ok(Imported {
+            message,
+            added,
+            account,
+        })
     })
 }

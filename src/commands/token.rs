@@ -22,7 +22,8 @@ enum Step {
     },
     Wait(i64),
     Import,
-    Unavailable(Vec<String>),
+    /// Nothing can serve: the revoked and the disabled accounts.
+    Unavailable(Vec<String>, Vec<String>),
 }
 
 pub fn run(cfg: &Config, args: &Token) -> Result<()> {
@@ -56,17 +57,17 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                 imported = true;
                 let file = cfg.qwen_cli_file();
                 let what = super::import_file(cfg, &file, None)?;
-                crate::msg::warn(&format!("the pool was empty: {what}"));
+                crate::msg::warn(&format!("the pool was empty: {}", what.message));
             }
-            Step::Wait(_) | Step::Unavailable(_) if !deferred.is_empty() => {
+            Step::Wait(_) | Step::Unavailable(..) if !deferred.is_empty() => {
                 skip.retain(|id| !deferred.contains(id));
                 deferred.clear();
                 patient = true;
             }
             Step::Wait(until) => super::wait_for_reset(cfg, until, args.no_wait)?,
-            Step::Unavailable(revoked) => {
+            Step::Unavailable(revoked, disabled) => {
                 if failures.is_empty() {
-                    return Err(Error::no_account(&revoked));
+                    return Err(Error::none_usable(&revoked, &disabled));
                 }
                 let what = format!(
                     "no account could be refreshed ({})",
@@ -109,7 +110,7 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                 };
                 let (why, busy) = match refresh_account(cfg, &id, &seen, &still, wait)? {
                     Refreshed::Fresh(a) => {
-                        if serve_after_refresh(cfg, args, &id, Some(&a))? {
+                        if serve_after_refresh(cfg, args, &policy, &id, Some(&a))? {
                             return Ok(());
                         }
                         skip.push(id);
@@ -134,7 +135,7 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                             "account {id}: proactive refresh failed ({why}); its token is still valid, will try again later"
                         ));
                     }
-                    if serve_after_refresh(cfg, args, &id, None)? {
+                    if serve_after_refresh(cfg, args, &policy, &id, None)? {
                         return Ok(());
                     }
                     skip.push(id);
@@ -172,7 +173,13 @@ fn decide(
         let i = s.find(want)?;
         let a = &s.accounts[i];
         if a.status == Status::Revoked {
-            return Ok(Step::Unavailable(vec![a.id.clone()]));
+            return Ok(Step::Unavailable(vec![a.id.clone()], vec![]));
+        }
+        if a.disabled {
+            crate::msg::warn(&format!(
+                "account {} is disabled; using it because --account asked for it (`qwen-cred enable {}` puts it back in rotation)",
+                a.id, a.id
+            ));
         }
         if let Some(t) = a.rate_limit_resets_at.filter(|&t| t > now) {
             crate::msg::warn(&format!(
@@ -189,7 +196,7 @@ fn decide(
                     seen: a.access_token.clone(),
                     cli_busy: false,
                 },
-                None => Step::Serve(Box::new(rotation::record_pinned(s, i, now)), false),
+                None => Step::Serve(Box::new(rotation::record_pinned(s, i, policy, now)), false),
             },
         );
     }
@@ -204,13 +211,13 @@ fn decide(
                     cli_busy: need == Need::Expired && crate::qwen_cli::cli_is_refreshing(cfg, a),
                 });
             }
-            rotation::record_use(s, i, now);
+            rotation::record_use(s, i, policy, now);
             let interval_ms = cfg.int("proactive_refresh_check_interval_seconds") as i64 * 1000;
             let spawn = rotation::background_refresh_due(s, i, policy, now, interval_ms);
             Ok(Step::Serve(Box::new(s.accounts[i].clone()), spawn))
         }
         Pick::AllCooling { soonest_ms } => Ok(Step::Wait(soonest_ms)),
-        Pick::Unavailable { revoked } => {
+        Pick::Unavailable { revoked, disabled } => {
             let file = cfg.qwen_cli_file();
             if s.accounts.is_empty() && !imported && file.is_file() {
                 // A login `remove` took out stays out until the Qwen CLI holds another one.
@@ -222,7 +229,7 @@ fn decide(
                 }
                 return Ok(Step::Import);
             }
-            Ok(Step::Unavailable(revoked))
+            Ok(Step::Unavailable(revoked, disabled))
         }
     }
 }
@@ -233,6 +240,7 @@ fn decide(
 fn serve_after_refresh(
     cfg: &Config,
     args: &Token,
+    policy: &Policy,
     id: &str,
     fresh: Option<&Account>,
 ) -> Result<bool> {
@@ -245,9 +253,9 @@ fn serve_after_refresh(
             return Ok(None);
         }
         Ok(Some(if args.account.is_some() {
-            rotation::record_pinned(s, i, now)
+            rotation::record_pinned(s, i, policy, now)
         } else {
-            rotation::record_use(s, i, now);
+            rotation::record_use(s, i, policy, now);
             s.accounts[i].clone()
         }))
     });
@@ -277,7 +285,7 @@ fn serve_after_refresh(
 }
 
 fn serve(cfg: &Config, args: &Token, a: &Account, spawn: bool) -> Result<()> {
-    crate::msg::debug(&format!("serving account {} ({})", a.id, a.label()));
+    crate::msg::debug(&format!("serving account {} ({})", a.id, a.name()));
     let text = format_token(cfg, a, args.format);
     crate::msg::out(&text)?;
     if spawn {
@@ -314,6 +322,8 @@ fn format_token(cfg: &Config, a: &Account, format: Format) -> String {
                 "expiry_date": a.expiry_date,
                 "account_id": a.id,
                 "email": a.email,
+                "label": a.label,
+                "name": a.name(),
                 "base_url": base_url,
                 "headers": hdrs,
             });
