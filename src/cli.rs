@@ -30,6 +30,7 @@ pub enum Command {
     Disable(Disable),
     Reset(Reset),
     Status(StatusCmd),
+    Doctor(Doctor),
     Config(ConfigCmd),
     Opencode(Opencode),
 }
@@ -257,6 +258,18 @@ pub struct Reset {
 /// last error.
 #[argh(subcommand, name = "status")]
 pub struct StatusCmd {
+    /// print a JSON object instead of text
+    #[argh(switch)]
+    pub json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Check the installation, files and accounts; each problem with the command that fixes it.
+#[argh(subcommand, name = "doctor")]
+pub struct Doctor {
+    /// also ask the OAuth server (reachable, clock skew); spends no refresh token
+    #[argh(switch)]
+    pub online: bool,
     /// print a JSON object instead of text
     #[argh(switch)]
     pub json: bool,

@@ -233,6 +233,13 @@ pub struct Config {
 impl Config {
     /// Reads the environment and `qwen.json`. Every problem is exit 6 naming key and value.
     pub fn load() -> Result<Config> {
+        let (cfg, problem) = Config::load_lenient()?;
+        problem.map_or(Ok(cfg), Err)
+    }
+
+    /// As `load`, but a bad `qwen.json` or `QWEN_CRED_<KEY>` value comes back beside a config
+    /// of defaults (the paths as usual), so that `doctor` can go on and report it.
+    pub fn load_lenient() -> Result<(Config, Option<Error>)> {
         let home = dirs::home_dir();
         let dir = match env("QWEN_CRED_CONFIG_DIR") {
             Some(d) => PathBuf::from(d),
@@ -270,9 +277,13 @@ impl Config {
         }
         .join("opencode/auth.json");
         let config_path = dir.join("qwen.json");
-        let file = read_config_file(&config_path)?;
-        let values = resolve(&config_path, &file, |k| env(&env_name(k)))?;
-        Ok(Config {
+        let read = read_config_file(&config_path)
+            .and_then(|file| resolve(&config_path, &file, |k| env(&env_name(k))));
+        let (values, problem) = match read {
+            Ok(v) => (v, None),
+            Err(e) => (resolve(&config_path, &Map::new(), |_| None)?, Some(e)),
+        };
+        let cfg = Config {
             values,
             dir,
             config_path,
@@ -284,7 +295,8 @@ impl Config {
                 || env("DISPLAY").is_some()
                 || env("WAYLAND_DISPLAY").is_some(),
             debug: env("QWEN_CRED_LOG").is_some_and(|v| v.eq_ignore_ascii_case("debug")),
-        })
+        };
+        Ok((cfg, problem))
     }
 
     pub fn store_path(&self) -> PathBuf {
@@ -357,6 +369,11 @@ impl Config {
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// `$PATH`, where `doctor` looks for the binary.
+pub fn path_var() -> std::ffi::OsString {
+    std::env::var_os("PATH").unwrap_or_default()
 }
 
 /// `QWEN_CRED_<KEY>`, upper-cased.

@@ -409,7 +409,7 @@ fn month(s: &str) -> Option<Month> {
 
 /// The three HTTP-date forms of RFC 9110 §5.6.7, as Unix ms. The day name is checked for
 /// spelling only; the date decides.
-fn parse_http_date(s: &str, now_ms: i64) -> Option<i64> {
+pub fn parse_http_date(s: &str, now_ms: i64) -> Option<i64> {
     let parts: Vec<&str> = s.split_ascii_whitespace().collect();
     let (day, mon, year, clock) = match parts.as_slice() {
         // IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT"

@@ -4,6 +4,7 @@
 mod util;
 
 mod core;
+mod doctor;
 mod keep;
 mod oauth;
 mod opencode;

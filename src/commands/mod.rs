@@ -2,6 +2,7 @@
 
 mod accounts;
 mod config;
+mod doctor;
 mod login;
 mod opencode;
 mod refresh;
@@ -26,6 +27,12 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Command::Config(crate::cli::ConfigCmd { schema: true, .. }) = command {
         return config::print_json(&crate::config::schema());
     }
+    // doctor reports a bad config instead of stopping at it.
+    if let Command::Doctor(a) = &command {
+        let (cfg, problem) = Config::load_lenient()?;
+        crate::msg::set_debug(cfg.debug);
+        return doctor::run(&cfg, problem, a);
+    }
     let cfg = Config::load()?;
     crate::msg::set_debug(cfg.debug);
     match command {
@@ -42,6 +49,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Disable(a) => accounts::disable(&cfg, &a),
         Command::Reset(a) => accounts::reset(&cfg, &a),
         Command::Status(a) => status::run(&cfg, &a),
+        Command::Doctor(_) => unreachable!("answered above"),
         Command::Config(a) => config::run(&cfg, &a),
         Command::Opencode(a) => opencode::run(&cfg, &a),
     }

@@ -120,7 +120,7 @@ pub fn provider_block(base_url: &str) -> Value {
 }
 
 /// `opencode.json`, or an existing `opencode.jsonc` when there is no `opencode.json`.
-fn config_file(dir: &Path) -> PathBuf {
+pub fn config_file(dir: &Path) -> PathBuf {
     let json = dir.join("opencode.json");
     let jsonc = dir.join("opencode.jsonc");
     if !json.exists() && jsonc.exists() {
@@ -130,7 +130,7 @@ fn config_file(dir: &Path) -> PathBuf {
     }
 }
 
-fn has_qwen_provider(text: &str) -> bool {
+pub fn has_qwen_provider(text: &str) -> bool {
     serde_json::from_str::<Value>(text)
         .ok()
         .is_some_and(|v| v["provider"].get(PROVIDER_ID).is_some())
