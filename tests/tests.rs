@@ -12,5 +12,6 @@ mod qwen_cli;
 mod robustness;
 mod rotation;
 mod serve;
+mod shell;
 mod steer;
 mod terminal;

@@ -1,6 +1,7 @@
 //! One file per command; this one dispatches and holds what several commands share.
 
 mod accounts;
+mod completions;
 mod config;
 mod doctor;
 mod login;
@@ -27,6 +28,9 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Command::Config(crate::cli::ConfigCmd { schema: true, .. }) = command {
         return config::print_json(&crate::config::schema());
     }
+    if let Command::Completions(a) = &command {
+        return completions::run(a);
+    }
     // doctor reports a bad config instead of stopping at it.
     if let Command::Doctor(a) = &command {
         let (cfg, problem) = Config::load_lenient()?;
@@ -49,7 +53,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Disable(a) => accounts::disable(&cfg, &a),
         Command::Reset(a) => accounts::reset(&cfg, &a),
         Command::Status(a) => status::run(&cfg, &a),
-        Command::Doctor(_) => unreachable!("answered above"),
+        Command::Doctor(_) | Command::Completions(_) => unreachable!("answered above"),
         Command::Config(a) => config::run(&cfg, &a),
         Command::Opencode(a) => opencode::run(&cfg, &a),
     }
