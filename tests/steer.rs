@@ -99,6 +99,21 @@ fn login_label_names_the_new_account_and_is_checked_before_the_browser() {
                "label": "home", "name": "home (alice@example.com)"})
     );
     assert_eq!(env.read_store()["accounts"][0]["label"], "home");
+
+    // --replace keeps the slot's id and label; --label renames it.
+    mock.push_approval(mock.approval(None));
+    env.expect(&["login", "--no-browser", "--replace", "home"], 0);
+    let a = env.read_store()["accounts"][0].clone();
+    assert_eq!(
+        (a["id"].clone(), a["label"].clone(), a["email"].clone()),
+        (json!("1"), json!("home"), json!(""))
+    );
+    mock.push_approval(mock.approval(None));
+    env.expect(
+        &["login", "--no-browser", "--replace", "1", "--label", "work"],
+        0,
+    );
+    assert_eq!(env.read_store()["accounts"][0]["label"], "work");
 }
 
 /// The store of an older version has no fingerprint: the one shown before the first refresh

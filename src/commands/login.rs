@@ -160,6 +160,9 @@ fn place(s: &mut Store, new: Account, slot: &Slot, now: i64) -> Result<usize> {
             let mut new = new;
             new.id = old.id.clone();
             new.is_primary = old.is_primary;
+            // The slot keeps its name (a revoked account signed in again, typically);
+            // `--label` gives another.
+            new.label = old.label.clone();
             s.accounts[i] = new;
             i
         }
