@@ -387,6 +387,10 @@ const CORPUS: &[(&str, [i32; 3], &str)] = &[
     ("store-status-null.json", [6; 3], "accounts[1].status: expected a string"),
     ("store-rate-limit-string.json", [6; 3], "accounts[1].rate_limit_resets_at: expected"),
     ("store-current-id-number.json", [6; 3], "current_account_id: expected a string"),
+    ("store-disabled-string.json", [6; 3], "accounts[1].disabled: expected true or false"),
+    ("store-label-number.json", [6; 3], "accounts[1].label: expected a string"),
+    ("store-recent-requests-too-long.json", [6; 3], "accounts[1].recent_requests: expected an array of at most 6"),
+    ("store-recent-requests-negative.json", [6; 3], "accounts[1].recent_requests: expected an array of at most 6"),
     // Huge numbers.
     ("store-huge-expiry.json", [6; 3], "accounts[0].expiry_date: expected a number"),
     ("store-expiry-after-9999.json", [6; 3], "accounts[1].expiry_date: expected a number"),
