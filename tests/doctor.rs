@@ -280,3 +280,37 @@ fn online_reports_an_unreachable_server_and_clock_skew() {
     assert!(l.starts_with("fail") && l.contains("behind"), "{l}");
     assert_eq!(mock.count_refreshes(), 0);
 }
+
+#[test]
+fn opencode_with_other_providers_only_is_not_a_problem() {
+    let env = healthy(None);
+    // Undo what `healthy` set up for OpenCode, as for a user of OpenCode with other providers.
+    std::fs::remove_file(env.config_dir().join("plugin/qwen-cred.js")).expect("rm plugin");
+    std::fs::write(
+        env.config_dir().join("opencode.json"),
+        r#"{"provider": {"other": {}}}"#,
+    )
+    .expect("opencode.json");
+    let auth = env.root.join("home/.local/share/opencode/auth.json");
+    std::fs::write(&auth, r#"{"other": {"type": "api", "key": "k"}}"#).expect("auth");
+    let (out, _) = env.expect(&["doctor"], 0);
+    assert_eq!(level(&out, "opencode"), "ok", "{out}");
+    assert!(
+        out.contains("qwen-cred opencode install --write-config"),
+        "{out}"
+    );
+    assert!(lines(&out, "opencode-plugin").is_empty(), "{out}");
+    // Half set up (the marker without the plugin) is a failure with its fix.
+    std::fs::write(
+        &auth,
+        r#"{"qwen": {"type": "oauth", "access": "qwen-cred"}}"#,
+    )
+    .expect("auth");
+    let (out, _) = env.expect(&["doctor"], 6);
+    expect_fail_in(
+        &out,
+        "opencode-plugin",
+        &["no plugin", "qwen-cred opencode install"],
+    );
+    expect_fail_in(&out, "opencode-provider", &["no \"qwen\" provider"]);
+}

@@ -457,8 +457,14 @@ fn opencode(r: &mut Report, cfg: &Config) {
     let config = super::opencode::config_file(&cfg.dir);
     let config_text = std::fs::read_to_string(&config).ok();
     let auth = std::fs::read(&cfg.opencode_auth_file).ok();
-    let installed = plugin.exists();
-    if !installed && config_text.is_none() && auth.is_none() {
+    let auth_json = auth.as_ref().map(|b| serde_json::from_slice::<Value>(b));
+    let has_marker =
+        matches!(&auth_json, Some(Ok(v)) if v.get(super::opencode::PROVIDER_ID).is_some());
+    let has_provider = config_text
+        .as_deref()
+        .is_some_and(super::opencode::has_qwen_provider);
+    // OpenCode used with other providers only is not a problem of qwen-cred's.
+    if !plugin.exists() && !has_provider && !has_marker {
         r.ok(
             "opencode",
             "not set up for OpenCode (only needed with it: qwen-cred opencode install --write-config)",
@@ -519,7 +525,7 @@ fn opencode(r: &mut Report, cfg: &Config) {
         ),
     }
     let file = &cfg.opencode_auth_file;
-    match auth.map(|b| serde_json::from_slice::<Value>(&b)) {
+    match auth_json {
         Some(Ok(Value::Object(m))) if m.contains_key(super::opencode::PROVIDER_ID) => r.ok(
             "opencode-auth",
             format!(
