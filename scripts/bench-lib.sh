@@ -5,12 +5,16 @@
 # checkout, before the proxies are unset).
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/qwen-cred-bench.XXXXXX")
+tmp=$(cd "$(mktemp -d "${TMPDIR:-/tmp}/qwen-cred-bench.XXXXXX")" && pwd -P) # no symlink: kill_strays compares paths
 export TMPDIR=$tmp # qwen-curl and rustc put their temp files here too
 mock_pid=
 mock_fd=
 
 cleanup() {
+    # Neither a second Ctrl-C nor a failing step (set -e) may cut the cleanup short.
+    trap '' INT TERM
+    set +e
+    kill_strays
     stop_mock
     rm -rf "$tmp"
 }
@@ -81,9 +85,47 @@ start_mock() {
 
 stop_mock() {
     [ -n "$mock_fd" ] && exec {mock_fd}>&-
-    [ -n "$mock_pid" ] && wait "$mock_pid" 2>/dev/null
+    [ -n "$mock_pid" ] && { wait "$mock_pid" 2>/dev/null || true; } # 130 after a Ctrl-C
     mock_pid= mock_fd=
     return 0
+}
+
+# mock_stats: the mock's counters (GET /__stats, one line of JSON).
+mock_stats() {
+    curl -sS --max-time 10 "$MOCK_URL/__stats"
+}
+
+# stat_of KEY [JSON]: the value of a top-level number or boolean of mock_stats' JSON (read
+# from stdin when JSON is not given).
+stat_of() {
+    local json=${2-$(cat)}
+    printf '%s\n' "$json" | grep -o "\"$1\":[^,}]*" | head -n 1 | cut -d : -f 2
+}
+
+# strays: the pids of the processes running the copied binary.
+strays() {
+    local exe pid
+    for exe in /proc/[0-9]*/exe; do
+        [ "$(readlink "$exe" 2>/dev/null)" = "$bin" ] || continue
+        pid=${exe#/proc/} && echo "${pid%/exe}"
+    done
+}
+
+# kill_strays: ends, by pid, the processes still running the copied binary (such as the
+# detached `qwen-cred refresh --due` that `token` starts), so that none outlives the temp dir:
+# SIGTERM (qwen-cred holds it back until a refresh in flight is stored), then after 5 s SIGKILL.
+kill_strays() {
+    local pids i
+    [ -n "${bin:-}" ] || return 0
+    pids=$(strays)
+    [ -n "$pids" ] || return 0
+    kill $pids 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        pids=$(strays)
+        [ -n "$pids" ] || return 0
+        sleep 0.1
+    done
+    kill -KILL $pids 2>/dev/null || true
 }
 
 # percentile P FILE: the P-th percentile (nearest rank) of the numbers in FILE, one a line.

@@ -46,8 +46,8 @@ pub struct Token {
     /// output format: raw (default), json, env or header
     #[argh(option, default = "Format::Raw")]
     pub format: Format,
-    /// refresh first unless the token stays valid this many seconds
-    #[argh(option, default = "0")]
+    /// refresh first unless the token stays valid this many seconds (at most 31536000)
+    #[argh(option, default = "0", from_str_fn(seconds))]
     pub min_valid: u64,
     /// exit 4 at once instead of waiting when every account is cooling down
     #[argh(switch)]
@@ -93,6 +93,9 @@ pub struct Report429 {
     /// never sleep or wait; exit at once
     #[argh(switch)]
     pub no_wait: bool,
+    /// print the decision as one JSON line on stdout, before any wait
+    #[argh(switch)]
+    pub json: bool,
 }
 
 #[derive(FromArgs, Debug)]
@@ -111,8 +114,8 @@ pub struct Login {
     /// empty the pool once the new login has succeeded
     #[argh(switch)]
     pub fresh: bool,
-    /// give up after this many seconds (default: the device code's lifetime)
-    #[argh(option)]
+    /// give up after this many seconds (default: the device code's lifetime; at most 31536000)
+    #[argh(option, from_str_fn(seconds))]
     pub timeout: Option<u64>,
     /// print progress as JSON lines on stdout
     #[argh(switch)]
@@ -340,6 +343,23 @@ pub struct OpencodeInstall {
     /// print what would be done, change nothing
     #[argh(switch)]
     pub dry_run: bool,
+}
+
+/// The most seconds `--min-valid` and `--timeout` take: 365 days. More is a mistake (tokens
+/// live an hour, device codes minutes); refusing it (exit 2) keeps every sum of times in range.
+pub const MAX_SECS: u64 = 365 * 86_400;
+
+/// A number of seconds from 0 to `MAX_SECS`.
+fn seconds(value: &str) -> Result<u64, String> {
+    let too_big = || format!("{value} is more than {MAX_SECS} seconds (365 days)");
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n <= MAX_SECS)
+            .ok_or_else(too_big);
+    }
+    Err(format!("{value:?} is not a number of seconds"))
 }
 
 /// Parses argv. `help COMMAND` is `COMMAND --help`, and `-h` is `--help`. Err carries the text
@@ -628,5 +648,46 @@ mod tests {
         let mut a = vec!["-h"];
         short_help(&mut a);
         assert_eq!(a, ["--help"]);
+    }
+
+    fn args(v: &[&str]) -> Vec<String> {
+        std::iter::once("qwen-cred")
+            .chain(v.iter().copied())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn seconds_are_bounded_and_never_wrap() {
+        assert_eq!(seconds("0"), Ok(0));
+        assert_eq!(seconds("3000"), Ok(3000));
+        assert_eq!(seconds("031536000"), Ok(MAX_SECS));
+        for bad in [
+            "31536001",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999",
+        ] {
+            let e = seconds(bad).err().unwrap_or_default();
+            assert!(e.contains("more than 31536000 seconds"), "{bad}: {e}");
+        }
+        for bad in ["", "-1", "1e3", "1.5", " 5", "ten"] {
+            let e = seconds(bad).err().unwrap_or_default();
+            assert!(e.contains("not a number of seconds"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn huge_seconds_are_a_usage_error() {
+        for a in [
+            &["token", "--min-valid", "18446744073709551615"][..],
+            &["login", "--timeout", "18446744073709551615"],
+        ] {
+            match parse(&args(a)) {
+                Err((text, false)) => assert!(text.contains("more than"), "{text}"),
+                other => panic!("{a:?}: {other:?}"),
+            }
+        }
+        assert!(parse(&args(&["token", "--min-valid", "3000"])).is_ok());
     }
 }

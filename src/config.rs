@@ -44,153 +44,90 @@ struct Key {
 
 const U32: i64 = u32::MAX as i64;
 
-/// The single source of truth for configuration keys (files.md).
-const KEYS: &[Key] = &[
-    Key {
-        name: "account_selection_strategy",
-        ty: Ty::Enum(&crate::rotation::Strategy::NAMES),
-        default: Def::Str("sticky"),
-        about: "How token picks an account: sticky, round-robin, least-used or hybrid.",
-    },
-    Key {
-        name: "hybrid_rotation_requests",
-        ty: Ty::Int { min: 1, max: U32 },
-        default: Def::Int(50),
-        about: "hybrid: move on after this many tokens from one account.",
-    },
-    Key {
-        name: "switch_on_first_rate_limit",
-        ty: Ty::Bool,
-        default: Def::Bool(true),
-        about: "false: the first 429 without hint waits the backoff and retries the same account.",
-    },
-    Key {
-        name: "retry_same_account_threshold_seconds",
-        ty: Ty::Int { min: 0, max: 3600 },
-        default: Def::Int(5),
-        about: "A Retry-After at or under this is waited out on the same account.",
-    },
-    Key {
-        name: "exponential_backoff_base_ms",
-        ty: Ty::Int {
-            min: 1,
-            max: 86_400_000,
-        },
-        default: Def::Int(1000),
-        about: "Cooldown after a 429 with no hint: base x 2^(n-1).",
-    },
-    Key {
-        name: "exponential_backoff_max_ms",
-        ty: Ty::Int {
-            min: 1,
-            max: 86_400_000,
-        },
-        default: Def::Int(32000),
-        about: "Cap of the no-hint backoff.",
-    },
-    Key {
-        name: "max_rate_limit_wait_seconds",
-        ty: Ty::Int {
-            min: 0,
-            max: 86_400,
-        },
-        default: Def::Int(300),
-        about: "How long token/report-429 may wait when all accounts cool down; 0 = never wait.",
-    },
-    Key {
-        name: "quota_reset_time",
-        ty: Ty::ClockTime,
-        default: Def::Str("00:00"),
-        about: "Local time (HH:MM) of the daily quota reset.",
-    },
-    Key {
-        name: "quota_reset_utc_offset",
-        ty: Ty::Offset,
-        default: Def::Str("+08:00"),
-        about: "UTC offset (+HH:MM) of quota_reset_time.",
-    },
-    Key {
-        name: "proactive_token_refresh",
-        ty: Ty::Bool,
-        default: Def::Bool(true),
-        about: "Refresh a token when it is due, not only when expired.",
-    },
-    Key {
-        name: "proactive_refresh_buffer_seconds",
-        ty: Ty::Int {
-            min: 0,
-            max: 86_400,
-        },
-        default: Def::Int(1800),
-        about: "How early before expiry a token is due.",
-    },
-    Key {
-        name: "proactive_refresh_check_interval_seconds",
-        ty: Ty::Int {
-            min: 1,
-            max: 86_400,
-        },
-        default: Def::Int(300),
-        about: "How often token may start a background refresh of other due accounts.",
-    },
-    Key {
-        name: "token_refresh_retry_attempts",
-        ty: Ty::Int { min: 1, max: 10 },
-        default: Def::Int(3),
-        about: "Attempts for a transient refresh failure.",
-    },
-    Key {
-        name: "token_refresh_retry_delay_ms",
-        ty: Ty::Int {
-            min: 0,
-            max: 60_000,
-        },
-        default: Def::Int(2000),
-        about: "First retry delay of a refresh, doubling.",
-    },
-    Key {
-        name: "http_timeout_seconds",
-        ty: Ty::Int { min: 1, max: 600 },
-        default: Def::Int(30),
-        about: "Whole-request timeout for OAuth calls.",
-    },
-    Key {
-        name: "lock_timeout_seconds",
-        ty: Ty::Int { min: 0, max: 3600 },
-        default: Def::Int(30),
-        about: "How long to wait for a lock before giving up (exit 6).",
-    },
-    Key {
-        name: "oauth_base_url",
-        ty: Ty::Url,
-        default: Def::Str("https://chat.qwen.ai"),
-        about: "OAuth server.",
-    },
-    Key {
-        name: "client_id",
-        ty: Ty::Text,
-        default: Def::Str("f0304373b74a44d2b584a3fb70ca9e56"),
-        about: "OAuth client id.",
-    },
-    Key {
-        name: "scope",
-        ty: Ty::Text,
-        default: Def::Str("openid profile email model.completion"),
-        about: "OAuth scope.",
-    },
-    Key {
-        name: "default_resource_url",
-        ty: Ty::Resource,
-        default: Def::Str("portal.qwen.ai"),
-        about: "API host when a token has none.",
-    },
-    Key {
-        name: "sync_qwen_cli",
-        ty: Ty::Bool,
-        default: Def::Bool(true),
-        about: "Keep an account imported from the Qwen CLI in step with its file.",
-    },
-];
+/// Declares every key once: `KEYS` (name, type, default, help, from which parsing, validation,
+/// `config --schema` and the `QWEN_CRED_*` names follow) and `Settings`, the typed values, so a
+/// misspelt key is a compile error, never a panic at run time.
+macro_rules! settings {
+    ($($name:ident: $rust:ident = $default:expr, $ty:expr, $about:literal;)*) => {
+        const KEYS: &[Key] = &[$(Key {
+            name: stringify!($name),
+            ty: $ty,
+            default: settings!(@def $rust $default),
+            about: $about,
+        }),*];
+
+        /// The effective value of every key (files.md, The config), typed. Some are read by
+        /// the OpenCode plugin alone, through `config --json` (`quiet_mode`).
+        #[derive(Debug, Clone)]
+        #[allow(dead_code)]
+        pub struct Settings {
+            $(#[doc = $about] pub $name: $rust,)*
+        }
+
+        impl Settings {
+            /// From the resolved values, in `KEYS` order. `resolve` has validated each, so
+            /// the fallbacks never apply.
+            pub(crate) fn from_resolved(values: &Resolved) -> Settings {
+                let mut it = values.iter().map(|(_, v, _)| v);
+                Settings { $($name: settings!(@get $rust it.next()),)* }
+            }
+        }
+    };
+    (@def bool $d:expr) => { Def::Bool($d) };
+    (@def u64 $d:expr) => { Def::Int($d) };
+    (@def String $d:expr) => { Def::Str($d) };
+    (@get bool $v:expr) => { $v.and_then(Value::as_bool).unwrap_or_default() };
+    (@get u64 $v:expr) => { $v.and_then(Value::as_u64).unwrap_or_default() };
+    (@get String $v:expr) => { $v.and_then(Value::as_str).unwrap_or_default().to_string() };
+}
+
+// The keys of files.md, in its order.
+settings! {
+    account_selection_strategy: String = "sticky", Ty::Enum(&crate::rotation::Strategy::NAMES),
+        "How token picks an account: sticky, round-robin, least-used or hybrid.";
+    hybrid_rotation_requests: u64 = 50, Ty::Int { min: 1, max: U32 },
+        "hybrid: move on after this many tokens from one account.";
+    switch_on_first_rate_limit: bool = true, Ty::Bool,
+        "false: the first 429 without hint waits the backoff and retries the same account.";
+    retry_same_account_threshold_seconds: u64 = 5, Ty::Int { min: 0, max: 3600 },
+        "A Retry-After at or under this is waited out on the same account.";
+    exponential_backoff_base_ms: u64 = 1000, Ty::Int { min: 1, max: 86_400_000 },
+        "Cooldown after a 429 with no hint: base x 2^(n-1).";
+    exponential_backoff_max_ms: u64 = 32000, Ty::Int { min: 1, max: 86_400_000 },
+        "Cap of the no-hint backoff.";
+    max_rate_limit_wait_seconds: u64 = 300, Ty::Int { min: 0, max: 86_400 },
+        "How long token/report-429 may wait when all accounts cool down; 0 = never wait.";
+    quota_reset_time: String = "00:00", Ty::ClockTime,
+        "Local time (HH:MM) of the daily quota reset.";
+    quota_reset_utc_offset: String = "+08:00", Ty::Offset,
+        "UTC offset (+HH:MM) of quota_reset_time.";
+    proactive_token_refresh: bool = true, Ty::Bool,
+        "Refresh a token when it is due, not only when expired.";
+    proactive_refresh_buffer_seconds: u64 = 1800, Ty::Int { min: 0, max: 86_400 },
+        "How early before expiry a token is due.";
+    proactive_refresh_check_interval_seconds: u64 = 300, Ty::Int { min: 1, max: 86_400 },
+        "How often token may start a background refresh of other due accounts.";
+    token_refresh_retry_attempts: u64 = 3, Ty::Int { min: 1, max: 10 },
+        "Attempts for a transient refresh failure.";
+    token_refresh_retry_delay_ms: u64 = 2000, Ty::Int { min: 0, max: 60_000 },
+        "First retry delay of a refresh, doubling.";
+    http_timeout_seconds: u64 = 30, Ty::Int { min: 1, max: 600 },
+        "Whole-request timeout for OAuth calls.";
+    lock_timeout_seconds: u64 = 30, Ty::Int { min: 0, max: 3600 },
+        "How long to wait for a lock before giving up (exit 6).";
+    oauth_base_url: String = "https://chat.qwen.ai", Ty::Url,
+        "OAuth server.";
+    client_id: String = "f0304373b74a44d2b584a3fb70ca9e56", Ty::Text,
+        "OAuth client id.";
+    scope: String = "openid profile email model.completion", Ty::Text,
+        "OAuth scope.";
+    default_resource_url: String = "portal.qwen.ai", Ty::Resource,
+        "API host when a token has none.";
+    sync_qwen_cli: bool = true, Ty::Bool,
+        "Keep an account imported from the Qwen CLI in step with its file.";
+    quiet_mode: bool = false, Ty::Bool,
+        "The OpenCode plugin shows no toasts (account moves, waits, revocations).";
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -211,6 +148,7 @@ impl Source {
 
 /// Effective settings plus the paths and environment facts the commands need.
 pub struct Config {
+    pub settings: Settings,
     /// Each key's effective value and where it came from, in table order.
     pub values: Vec<(&'static str, Value, Source)>,
     pub dir: PathBuf,
@@ -277,13 +215,20 @@ impl Config {
         }
         .join("opencode/auth.json");
         let config_path = dir.join("qwen.json");
+        warn_if_open_to_others(&dir);
         let read = read_config_file(&config_path)
             .and_then(|file| resolve(&config_path, &file, |k| env(&env_name(k))));
         let (values, problem) = match read {
-            Ok(v) => (v, None),
-            Err(e) => (resolve(&config_path, &Map::new(), |_| None)?, Some(e)),
+            Ok((values, warnings)) => {
+                for w in warnings {
+                    crate::msg::warn(&w);
+                }
+                (values, None)
+            }
+            Err(e) => (resolve(&config_path, &Map::new(), |_| None)?.0, Some(e)),
         };
         let cfg = Config {
+            settings: Settings::from_resolved(&values),
             values,
             dir,
             config_path,
@@ -307,62 +252,62 @@ impl Config {
         self.qwen_dir.join("oauth_creds.json")
     }
 
-    fn get(&self, name: &str) -> &Value {
-        match self.values.iter().find(|(k, _, _)| *k == name) {
-            Some((_, v, _)) => v,
-            None => unreachable!("config key {name} is not in the table"),
-        }
-    }
-
-    pub fn bool(&self, name: &str) -> bool {
-        self.get(name).as_bool().unwrap_or_default()
-    }
-
-    pub fn int(&self, name: &str) -> u64 {
-        self.get(name).as_u64().unwrap_or_default()
-    }
-
-    pub fn str(&self, name: &str) -> &str {
-        self.get(name).as_str().unwrap_or_default()
-    }
-
-    pub fn secs(&self, name: &str) -> Duration {
-        Duration::from_secs(self.int(name))
-    }
-
     pub fn lock_timeout(&self) -> Duration {
-        self.secs("lock_timeout_seconds")
+        Duration::from_secs(self.settings.lock_timeout_seconds)
     }
 
     pub fn rotation_policy(&self) -> crate::rotation::Policy {
         use crate::rotation::{parse_reset_time, parse_utc_offset, Policy, QuotaReset, Strategy};
         // Validated in resolve(), so the fallbacks are never taken.
-        let (hour, minute) = parse_reset_time(self.str("quota_reset_time")).unwrap_or((0, 0));
+        let (hour, minute) = parse_reset_time(&self.settings.quota_reset_time).unwrap_or((0, 0));
         Policy {
-            strategy: Strategy::parse(self.str("account_selection_strategy"))
+            strategy: Strategy::parse(&self.settings.account_selection_strategy)
                 .unwrap_or(Strategy::Sticky),
-            hybrid_rotation_requests: self.int("hybrid_rotation_requests"),
-            switch_on_first_rate_limit: self.bool("switch_on_first_rate_limit"),
-            retry_same_account_threshold_seconds: self.int("retry_same_account_threshold_seconds"),
-            backoff_base_ms: self.int("exponential_backoff_base_ms"),
-            backoff_max_ms: self.int("exponential_backoff_max_ms"),
+            hybrid_rotation_requests: self.settings.hybrid_rotation_requests,
+            switch_on_first_rate_limit: self.settings.switch_on_first_rate_limit,
+            retry_same_account_threshold_seconds: self
+                .settings
+                .retry_same_account_threshold_seconds,
+            backoff_base_ms: self.settings.exponential_backoff_base_ms,
+            backoff_max_ms: self.settings.exponential_backoff_max_ms,
             quota_reset: QuotaReset {
                 hour,
                 minute,
-                offset: parse_utc_offset(self.str("quota_reset_utc_offset"))
+                offset: parse_utc_offset(&self.settings.quota_reset_utc_offset)
                     .unwrap_or(time::UtcOffset::UTC),
             },
-            proactive_token_refresh: self.bool("proactive_token_refresh"),
-            proactive_refresh_buffer_seconds: self.int("proactive_refresh_buffer_seconds"),
+            proactive_token_refresh: self.settings.proactive_token_refresh,
+            proactive_refresh_buffer_seconds: self.settings.proactive_refresh_buffer_seconds,
+        }
+    }
+
+    /// The Qwen CLI file to keep linked accounts in step with: `None` without
+    /// `sync_qwen_cli`.
+    pub fn synced_qwen_cli_file(&self) -> Option<PathBuf> {
+        self.settings.sync_qwen_cli.then(|| self.qwen_cli_file())
+    }
+
+    pub fn refresh_settings(&self) -> crate::refresh::Settings {
+        crate::refresh::Settings {
+            dir: self.dir.clone(),
+            lock_timeout: self.lock_timeout(),
+            qwen_cli_file: self.synced_qwen_cli_file(),
+            oauth: self.oauth_settings(),
+            retry_attempts: self.settings.token_refresh_retry_attempts,
+            retry_delay: Duration::from_millis(self.settings.token_refresh_retry_delay_ms),
         }
     }
 
     pub fn oauth_settings(&self) -> crate::oauth::Settings {
         crate::oauth::Settings {
-            oauth_base_url: self.str("oauth_base_url").trim_end_matches('/').to_string(),
-            client_id: self.str("client_id").to_string(),
-            scope: self.str("scope").to_string(),
-            http_timeout: self.secs("http_timeout_seconds"),
+            oauth_base_url: self
+                .settings
+                .oauth_base_url
+                .trim_end_matches('/')
+                .to_string(),
+            client_id: self.settings.client_id.clone(),
+            scope: self.settings.scope.clone(),
+            http_timeout: Duration::from_secs(self.settings.http_timeout_seconds),
         }
     }
 }
@@ -381,53 +326,67 @@ pub fn env_name(key: &str) -> String {
     format!("QWEN_CRED_{}", key.to_ascii_uppercase())
 }
 
-/// A missing config file is an empty one.
+/// The largest `qwen.json` read: a config is a few hundred bytes.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// A missing config file is an empty one. Anything but a regular file (a FIFO would block
+/// every command, a device would be read without end) or a file over 1 MiB is exit 6 before
+/// a byte is read. A symlink is followed: the file is only read, and dotfile managers link it.
 fn read_config_file(path: &Path) -> Result<Map<String, Value>> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Map::new()),
-        Err(e) => return Err(Error::io("cannot read", path, e)),
-    };
-    parse_config_file(&text, path)
+    match crate::files::read_regular(path, MAX_CONFIG_BYTES, "a config")? {
+        None => Ok(Map::new()),
+        Some((text, _)) => parse_config_file(&text, path),
+    }
+}
+
+/// Says once (one line) when the config directory can be written by group or others: they
+/// could swap the store, its locks or the config.
+fn warn_if_open_to_others(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.permissions().mode();
+        if meta.is_dir() && mode & 0o022 != 0 {
+            crate::msg::warn(&format!(
+                "{} is writable by {} (mode {:04o}): they could replace the account store or its locks; run chmod 700 {}",
+                dir.display(),
+                if mode & 0o002 != 0 { "others" } else { "the group" },
+                mode & 0o7777,
+                dir.display()
+            ));
+        }
+    }
 }
 
 /// The config file's bytes as a JSON object; `path` only names the file in errors.
 fn parse_config_file(text: &[u8], path: &Path) -> Result<Map<String, Value>> {
-    if text.starts_with(b"\xEF\xBB\xBF") {
-        return Err(Error::File(format!(
-            "{}: starts with a UTF-8 byte order mark; remove it",
-            path.display()
-        )));
-    }
-    let text = std::str::from_utf8(text)
-        .map_err(|_| Error::File(format!("{}: not valid UTF-8", path.display())))?;
-    if text.trim().is_empty() {
-        return Ok(Map::new());
-    }
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(Error::File(format!(
-            "{}: expected a JSON object",
-            path.display()
-        ))),
-        Err(e) => Err(Error::File(format!(
-            "{}: not valid JSON: {e}",
-            path.display()
-        ))),
-    }
+    Ok(crate::files::parse_json_object(text, path)?.unwrap_or_default())
 }
 
-/// Applies env > file > default for every key, validating each value.
+/// The effective values, in table order, with where each came from.
+pub(crate) type Resolved = Vec<(&'static str, Value, Source)>;
+
+/// Applies env > file > default for every key, validating each value. Also returns one
+/// warning line per unknown key of the file (`$schema` is for editors and is not one).
 fn resolve(
     path: &Path,
     file: &Map<String, Value>,
     env_of: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<(&'static str, Value, Source)>> {
-    if let Some(unknown) = file.keys().find(|k| !KEYS.iter().any(|key| key.name == *k)) {
-        return Err(Error::File(format!(
-            "{}: unknown key \"{unknown}\" (see qwen-cred config --schema)",
-            path.display()
-        )));
+) -> Result<(Resolved, Vec<String>)> {
+    let unknown: Vec<&String> = file
+        .keys()
+        .filter(|k| *k != "$schema" && !KEYS.iter().any(|key| key.name == *k))
+        .collect();
+    let mut warnings: Vec<String> = unknown
+        .iter()
+        .take(MAX_UNKNOWN_WARNINGS)
+        .map(|k| unknown_key_warning(path, k))
+        .collect();
+    if unknown.len() > MAX_UNKNOWN_WARNINGS {
+        warnings.push(format!(
+            "{}: {} more unknown keys ignored",
+            path.display(),
+            unknown.len() - MAX_UNKNOWN_WARNINGS
+        ));
     }
     let mut out = Vec::with_capacity(KEYS.len());
     for key in KEYS {
@@ -453,7 +412,84 @@ fn resolve(
         }
         out.push((key.name, value, source));
     }
-    Ok(out)
+    Ok((out, warnings))
+}
+
+/// Unknown keys named one per line, up to this many; the rest are counted.
+const MAX_UNKNOWN_WARNINGS: usize = 5;
+
+/// `qwen.json: unknown key "lock_timeout" ignored; did you mean "lock_timeout_seconds"?`
+fn unknown_key_warning(path: &Path, unknown: &str) -> String {
+    // `{:?}` escapes control characters: the warning stays one line. A long key is cut.
+    let shown: String = unknown.chars().take(MAX_KEY_CHARS).collect();
+    let cut = if shown.len() < unknown.len() {
+        "..."
+    } else {
+        ""
+    };
+    let head = format!("{}: unknown key {shown:?}{cut} ignored", path.display());
+    match nearest_key(unknown) {
+        (near, true) => format!("{head}; did you mean {near:?}?"),
+        (near, false) => {
+            format!("{head} (the nearest known key is {near:?}; see qwen-cred config --schema)")
+        }
+    }
+}
+
+/// The known key nearest to `unknown`, and whether it is close enough to be the one meant:
+/// a few edits away, or `unknown` is its start (a unit suffix left off: `lock_timeout`).
+fn nearest_key(unknown: &str) -> (&'static str, bool) {
+    let u: String = unknown
+        .trim()
+        .chars()
+        .take(MAX_KEY_CHARS)
+        .map(|c| {
+            if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    let mut best = (KEYS[0].name, usize::MAX);
+    for key in KEYS {
+        let d = edit_distance(&u, key.name);
+        if d < best.1 {
+            best = (key.name, d);
+        }
+    }
+    let (near, d) = best;
+    let longer = u.chars().count().max(near.len());
+    if d <= 2 || d * 3 <= longer {
+        return (near, true);
+    }
+    // A unique key that starts with what was typed (at least a word of it).
+    let mut starting = KEYS
+        .iter()
+        .filter(|k| u.len() >= 4 && k.name.starts_with(&u));
+    match (starting.next(), starting.next()) {
+        (Some(k), None) => (k.name, true),
+        _ => (near, false),
+    }
+}
+
+/// How much of an unknown key is shown and compared: keys are at most 40 characters.
+const MAX_KEY_CHARS: usize = 80;
+
+/// Levenshtein distance over chars (insert, delete, substitute).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
 }
 
 /// `qwen.json` bytes plus an environment, through the same steps as `Config::load`: the one
@@ -462,9 +498,9 @@ fn resolve(
 pub(crate) fn parse_config_text(
     bytes: &[u8],
     env_of: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<(&'static str, Value, Source)>> {
+) -> Result<Resolved> {
     let path = Path::new("qwen.json");
-    resolve(path, &parse_config_file(bytes, path)?, env_of)
+    resolve(path, &parse_config_file(bytes, path)?, env_of).map(|(values, _)| values)
 }
 
 fn bad(name: &str, value: &str, key: &Key) -> Error {
@@ -558,8 +594,8 @@ pub fn schema() -> Value {
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "qwen-cred configuration (qwen.json)",
+        "description": "Every key is optional. \"$schema\" is ignored; any other key not listed here is ignored with a warning naming the nearest known key.",
         "type": "object",
-        "additionalProperties": false,
         "properties": props,
     })
 }
@@ -568,10 +604,7 @@ pub fn schema() -> Value {
 mod tests {
     use super::*;
 
-    fn resolve_with(
-        file: Value,
-        envs: &[(&str, &str)],
-    ) -> Result<Vec<(&'static str, Value, Source)>> {
+    fn resolve_warn(file: Value, envs: &[(&str, &str)]) -> Result<(Resolved, Vec<String>)> {
         let Value::Object(m) = file else {
             unreachable!()
         };
@@ -580,6 +613,112 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
         })
+    }
+
+    fn resolve_with(file: Value, envs: &[(&str, &str)]) -> Result<Resolved> {
+        resolve_warn(file, envs).map(|(values, _)| values)
+    }
+
+    fn warnings(file: Value) -> Vec<String> {
+        match resolve_warn(file, &[]) {
+            Ok((_, w)) => w,
+            Err(e) => vec![format!("refused: {e}")],
+        }
+    }
+
+    #[test]
+    fn schema_key_is_ignored_and_unknown_keys_warn_naming_the_nearest() {
+        assert_eq!(
+            warnings(json!({"$schema": "https://example.com/qwen.json", "scope": "x"})),
+            Vec::<String>::new()
+        );
+        let cases = [
+            ("lock_timeout", "did you mean \"lock_timeout_seconds\"?"),
+            (
+                "lock_timeout_secs",
+                "did you mean \"lock_timeout_seconds\"?",
+            ),
+            (
+                "http-timeout-seconds",
+                "did you mean \"http_timeout_seconds\"?",
+            ),
+            ("Sync_Qwen_CLI", "did you mean \"sync_qwen_cli\"?"),
+            (
+                "acount_selection_strategy",
+                "did you mean \"account_selection_strategy\"?",
+            ),
+            ("clientid", "did you mean \"client_id\"?"),
+            ("$schemas", "nearest known key is"),
+            ("max_accounts", "nearest known key is"),
+            ("zzz", "nearest known key is"),
+        ];
+        for (key, says) in cases {
+            let w = warnings(json!({ key: 1 }));
+            assert_eq!(w.len(), 1, "{key}: {w:?}");
+            assert!(
+                w[0].starts_with(&format!("qwen.json: unknown key {key:?} ignored"))
+                    && w[0].contains(says)
+                    && !w[0].contains('\n'),
+                "{key}: {w:?}"
+            );
+        }
+        // A far-off key is named as the nearest, never as the one meant.
+        let w = warnings(json!({"max_accounts": 1}));
+        assert!(!w[0].contains("did you mean"), "{w:?}");
+        // Known keys still validate next to unknown ones.
+        let e = resolve_with(json!({"typo": 1, "http_timeout_seconds": 0}), &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("http_timeout_seconds: invalid value \"0\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn many_or_long_unknown_keys_stay_a_few_short_lines() {
+        let mut m = Map::new();
+        for i in 0..1000 {
+            m.insert(format!("key_{i}"), json!(i));
+        }
+        let long = "x".repeat(100_000);
+        m.insert(long.clone(), json!(1));
+        m.insert("bell\u{7}\nline".into(), json!(1));
+        let w = warnings(Value::Object(m));
+        assert_eq!(w.len(), MAX_UNKNOWN_WARNINGS + 1, "{w:?}");
+        assert!(w
+            .last()
+            .is_some_and(|l| l.contains("997 more unknown keys ignored")));
+        assert!(
+            w.iter().all(|l| l.len() < 300 && !l.contains('\n')),
+            "{w:?}"
+        );
+        let w = warnings(json!({ long: 1 }));
+        assert!(
+            w[0].contains(&format!("{:?}...", "x".repeat(MAX_KEY_CHARS))),
+            "{w:?}"
+        );
+        let w = warnings(json!({"bell\u{7}\nline": 1}));
+        assert!(w[0].contains("\"bell\\u{7}\\nline\""), "{w:?}");
+    }
+
+    #[test]
+    fn edit_distance_counts_edits() {
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("scope", "scoop"), 2);
+        assert_eq!(edit_distance("é", "e"), 1);
+    }
+
+    #[test]
+    fn the_schema_allows_schema_and_unknown_keys() {
+        let s = schema();
+        assert!(s.get("additionalProperties").is_none(), "{s}");
+        assert!(s["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("$schema") && d.contains("warning")));
     }
 
     #[test]
@@ -591,6 +730,21 @@ mod tests {
             assert_eq!(s, Source::Default);
             assert_eq!(schema["properties"][k]["default"], v);
         }
+    }
+
+    #[test]
+    fn settings_are_typed_from_the_resolved_values() {
+        let vals = resolve_with(
+            json!({"hybrid_rotation_requests": 7, "sync_qwen_cli": false}),
+            &[("scope", "openid email")],
+        )
+        .unwrap_or_default();
+        let s = Settings::from_resolved(&vals);
+        assert_eq!(s.hybrid_rotation_requests, 7);
+        assert!(!s.sync_qwen_cli);
+        assert_eq!(s.scope, "openid email");
+        assert_eq!(s.lock_timeout_seconds, 30);
+        assert_eq!(s.account_selection_strategy, "sticky");
     }
 
     #[test]
@@ -646,7 +800,6 @@ mod tests {
                 "oauth_base_url",
                 "http://example.com",
             ),
-            (json!({"typo_key": 1}), "typo_key", "unknown key"),
         ];
         for (file, key, value) in cases {
             let msg = resolve_with(file, &[])

@@ -79,6 +79,119 @@ pub fn sibling(path: &Path, prefix: &str, suffix: &str) -> PathBuf {
     path.with_file_name(format!("{prefix}{name}{suffix}"))
 }
 
+/// Reads a regular file of at most `max` bytes (following a symlink), with its metadata;
+/// `None` when it does not exist. Anything else is exit 6 before a byte is read: a FIFO would
+/// block, a device (`/dev/zero`) would never end, a directory cannot be read. The type and
+/// size are checked before opening, and again on the open file (it may have been swapped);
+/// the open is non-blocking so a FIFO swapped in meanwhile cannot hang it, and the read stops
+/// one byte past `max`. `what` names the file's role in messages ("a config").
+pub fn read_regular(
+    path: &Path,
+    max: u64,
+    what: &str,
+) -> Result<Option<(Vec<u8>, std::fs::Metadata)>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let check = |meta: &std::fs::Metadata| -> Result<()> {
+        if !meta.is_file() {
+            return Err(Error::File(format!(
+                "{}: is not a regular file ({}); {what} must be a plain file",
+                path.display(),
+                file_kind(meta)
+            )));
+        }
+        if meta.len() > max {
+            return Err(too_big(path, meta.len(), max, what));
+        }
+        Ok(())
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) => check(&meta)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    }
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    check(&meta)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    let len = bytes.len() as u64;
+    if len > max {
+        // It grew while being read; its size now is at least this.
+        return Err(too_big(path, len, max, what));
+    }
+    Ok(Some((bytes, meta)))
+}
+
+fn too_big(path: &Path, len: u64, max: u64, what: &str) -> Error {
+    Error::File(format!(
+        "{}: is {len} bytes ({:.1} MiB), more than the {} MiB {what} may have; is it the right file?",
+        path.display(),
+        len as f64 / 1_048_576.0,
+        max / 1_048_576
+    ))
+}
+
+/// What a non-regular file is, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
+/// `bytes` (a file at `path`) parsed as a JSON object of type `T`; `None` when empty or
+/// blank. Every problem is exit 6 naming the file: a UTF-8 byte order mark, invalid UTF-8,
+/// invalid JSON, or JSON that is not an object.
+pub fn parse_json_object<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<Option<T>> {
+    let name = path.display();
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        return Err(Error::File(format!(
+            "{name}: starts with a UTF-8 byte order mark; remove it (qwen-cred reads plain UTF-8 JSON)"
+        )));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        Error::File(format!(
+            "{name}: not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_str::<T>(text) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            Err(Error::File(format!("{name}: expected a JSON object")))
+        }
+        Err(e) => Err(Error::File(format!("{name}: not valid JSON: {e}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +219,41 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
         let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn read_regular_refuses_what_is_not_a_small_file() {
+        let d = std::env::temp_dir().join(format!("qwen-cred-read-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        ensure_dir(&d).expect("dir");
+        let f = d.join("f");
+        assert!(matches!(read_regular(&f, 4, "a file"), Ok(None)));
+        std::fs::write(&f, b"1234").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            read_regular(&f, 4, "a file").ok().flatten().map(|(b, _)| b),
+            Some(b"1234".to_vec())
+        );
+        std::fs::write(&f, b"12345").unwrap_or_else(|e| panic!("{e}"));
+        let e = read_regular(&f, 4, "a file").err().map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|m| m.contains("is 5 bytes") && m.contains("a file may have")),
+            "{e:?}"
+        );
+        let e = read_regular(&d, 4, "a file").err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|m| m.contains("(a directory)")),
+            "{e:?}"
+        );
+        let link = d.join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap_or_else(|e| panic!("{e}"));
+        let e = read_regular(&link, 4, "a file")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|m| m.contains("(a device)")),
+            "{e:?}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -323,9 +323,9 @@ fn retry_after_never_panics_and_reads_deltas_and_dates() {
         assert_eq!(parse_retry_after(&v, now), Some(u64::from(n)), "{v:?}");
         let big = rng.next();
         assert_eq!(parse_retry_after(&big.to_string(), now), Some(big));
-        // Wider than u64: no hint rather than a wrapped number.
+        // Wider than u64: the longest wait, never a wrapped number or no hint.
         let wide = format!("{}{:020}", big.max(1), rng.below(1 << 30));
-        assert_eq!(parse_retry_after(&wide, now), None, "{wide}");
+        assert_eq!(parse_retry_after(&wide, now), Some(u64::MAX), "{wide}");
         assert_eq!(parse_retry_after(&format!("-{n}"), now), None);
 
         // A date in years 1..=9999: seconds until it, rounded up, 0 when past.
@@ -799,6 +799,7 @@ fn config_parse_never_panics_and_accepts_only_valid_values() {
                 }
                 // The typed getters behind every command must not trip on what was accepted.
                 let cfg = Config {
+                    settings: crate::config::Settings::from_resolved(&values),
                     values,
                     dir: PathBuf::new(),
                     config_path: PathBuf::new(),

@@ -62,14 +62,17 @@ fn acquire(path: &Path, timeout: Duration) -> Result<Option<Held>> {
     if let Some(dir) = path.parent() {
         crate::files::ensure_dir(dir)?;
     }
+    // O_NOFOLLOW: a symlink planted in place of a lock file would make us create or lock
+    // whatever it points to. O_NONBLOCK: a FIFO there cannot hang the open.
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| Error::io("cannot open lock file", path, e))?;
+        .map_err(|e| open_error(path, e))?;
     let mut lock = RwLock::new(file);
     let got = wait_for(path, timeout, Duration::from_millis(4), || {
         match lock.try_write() {
@@ -83,6 +86,16 @@ fn acquire(path: &Path, timeout: Duration) -> Result<Option<Held>> {
         }
     })?;
     Ok(got.map(|()| Held { _file: lock }))
+}
+
+fn open_error(path: &Path, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return Error::File(format!(
+            "lock file {} is a symbolic link; qwen-cred does not follow it. Remove the link (qwen-cred creates its lock files itself)",
+            path.display()
+        ));
+    }
+    Error::io("cannot open lock file", path, e)
 }
 
 /// The waiting policy of every lock, ours and the Qwen CLI's: `attempt` until it gives
@@ -114,5 +127,34 @@ pub fn wait_for<T>(
         }
         std::thread::sleep(pause.min(timeout - waited));
         pause = (pause * 2).min(max_pause);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_lock_file_is_refused_and_its_target_not_created() {
+        let d = std::env::temp_dir().join(format!("qwen-cred-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
+        let target = d.join("target");
+        std::os::unix::fs::symlink(&target, d.join("qwen-accounts.lock"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = store(&d, Duration::ZERO)
+            .err()
+            .map(|e| (e.exit_code(), e.to_string()));
+        assert!(
+            e.as_ref().is_some_and(
+                |(c, m)| *c == 6 && m.contains("qwen-accounts.lock is a symbolic link")
+            ),
+            "{e:?}"
+        );
+        assert!(!target.exists());
+        // A lock file of our own is fine.
+        std::fs::remove_file(d.join("qwen-accounts.lock")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(store(&d, Duration::ZERO).is_ok());
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

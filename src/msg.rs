@@ -20,16 +20,24 @@ pub fn debug(m: &str) {
     }
 }
 
-/// Writes to stdout; a closed stdout (broken pipe) is not an error.
+/// Writes to stdout; a closed stdout (broken pipe) is not an error (cli.md). Any other
+/// failure (a full disk, `> /dev/full`, an I/O error) is exit 6, a local file problem: what
+/// was asked for did not reach its destination.
 pub fn out(text: &str) -> crate::error::Result<()> {
     let mut o = std::io::stdout().lock();
     match o.write_all(text.as_bytes()).and_then(|_| o.flush()) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(crate::error::Error::Internal(format!(
-            "cannot write to stdout: {e}"
-        ))),
+        Err(e) => stdout_error(e),
     }
+}
+
+fn stdout_error(e: std::io::Error) -> crate::error::Result<()> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return Ok(());
+    }
+    Err(crate::error::Error::File(format!(
+        "cannot write to stdout: {e}; the output was not delivered"
+    )))
 }
 
 /// Unix ms as RFC 3339 UTC, e.g. `2026-11-23T16:00:00Z`.
@@ -59,5 +67,24 @@ pub fn relative(ms: i64, now: i64) -> String {
         format!("in {span}")
     } else {
         format!("{span} ago")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn a_closed_stdout_is_fine_and_a_full_one_is_a_file_problem() {
+        assert!(stdout_error(Error::from(ErrorKind::BrokenPipe)).is_ok());
+        let full = stdout_error(Error::from_raw_os_error(libc::ENOSPC));
+        let e = full.err().map(|e| (e.exit_code(), e.to_string()));
+        assert!(
+            e.as_ref().is_some_and(|(code, m)| *code == 6
+                && m.starts_with("cannot write to stdout: ")
+                && m.contains("No space left on device")),
+            "{e:?}"
+        );
     }
 }

@@ -303,7 +303,7 @@ impl Client {
                     // RFC 8628 §3.5: slow_down increases the interval by 5 s for all
                     // subsequent requests.
                     backoff = None;
-                    interval += Duration::from_secs(5);
+                    interval = interval.saturating_add(Duration::from_secs(5));
                     interval
                 }
                 Err(PollError::Fatal(why)) => return Err(Error::Login(why)),
@@ -311,7 +311,9 @@ impl Client {
                     // RFC 8628 §3.5: back off exponentially on connection trouble.
                     on_retry(&why);
                     last_error = why;
-                    let next = backoff.map_or(interval.max(MIN_POLL) * 2, |b| b * 2);
+                    let next = backoff
+                        .map_or(interval.max(MIN_POLL), |b| b)
+                        .saturating_mul(2);
                     let next = next.min(MAX_BACKOFF);
                     backoff = Some(next);
                     next.max(interval)

@@ -8,8 +8,12 @@
 // Tokens reach this plugin only through a child's stdout and leave it only in request headers:
 // never in argv, never in an error message. qwen-cred owns the tokens; what OpenCode stores in
 // its auth.json for provider "qwen" is a marker that makes it call the loader.
+//
+// In `opencode auth login` the method's prompts show the pool and offer add / replace / remove
+// / start fresh. In the TUI, toasts tell of a move to another account, a wait for a cooldown
+// and a revoked account (off with qwen-cred's `quiet_mode`).
 
-import { spawn } from "node:child_process"
+import { spawn, spawnSync } from "node:child_process"
 
 const PROVIDER = "qwen"
 // The value OpenCode stores in auth.json instead of a token.
@@ -36,8 +40,26 @@ function abortError(signal) {
   return e
 }
 
-// Runs qwen-cred with `args` (never a token), `input` on stdin. Resolves { code, stdout, stderr }.
-function run(args, { input, signal, timeoutMs = CHILD_TIMEOUT_MS } = {}) {
+// Calls `each` with every complete line of a stream's text as it arrives.
+function lines(each) {
+  let buf = ""
+  return (d) => {
+    buf += d
+    // A line longer than anything qwen-cred prints is not one of its lines.
+    if (buf.length > MAX_OUTPUT) buf = ""
+    let i
+    while ((i = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, i).trim()
+      buf = buf.slice(i + 1)
+      if (line) each(line)
+    }
+  }
+}
+
+// Runs qwen-cred with `args` (never a token), `input` on stdin. Resolves { code, stdout, stderr }
+// once the child has ended and what `onStdoutLine` / `onStderrLine` started (toasts) is done;
+// they see each line as it comes, e.g. before a wait the child starts after printing it.
+function run(args, { input, signal, timeoutMs = CHILD_TIMEOUT_MS, onStdoutLine, onStderrLine } = {}) {
   return new Promise((resolve, reject) => {
     if (signal && signal.aborted) return reject(abortError(signal))
     let child
@@ -65,11 +87,17 @@ function run(args, { input, signal, timeoutMs = CHILD_TIMEOUT_MS } = {}) {
     }
     child.stdout.setEncoding("utf8")
     child.stderr.setEncoding("utf8")
+    const started = []
+    const watch = (f) => (f ? lines((l) => started.push(Promise.resolve().then(() => f(l)).catch(() => {}))) : () => {})
+    const outLine = watch(onStdoutLine)
+    const errLine = watch(onStderrLine)
     child.stdout.on("data", (d) => {
       if (stdout.length < MAX_OUTPUT) stdout += d
+      outLine(d)
     })
     child.stderr.on("data", (d) => {
       if (stderr.length < MAX_OUTPUT) stderr += d
+      errLine(d)
     })
     child.on("error", (e) => finish(() => reject(notFound(e))))
     child.on("close", (code) =>
@@ -78,7 +106,7 @@ function run(args, { input, signal, timeoutMs = CHILD_TIMEOUT_MS } = {}) {
         if (timedOut) {
           return reject(new QwenCredError(`qwen-cred ${args[0]} did not finish within ${Math.round(timeoutMs / 1000)} s`))
         }
-        resolve({ code: code ?? -1, stdout, stderr })
+        Promise.all(started).then(() => resolve({ code: code ?? -1, stdout, stderr }))
       }),
     )
     child.stdin.on("error", () => {})
@@ -120,6 +148,118 @@ function until(iso) {
   return h > 0 ? ` (in ${h}h ${m % 60}m)` : ` (in ${m}m)`
 }
 
+// "account 2 (b@example.com)": how toasts and the login menu name an account.
+function accountName(id, name) {
+  return `account ${id}${name ? ` (${name})` : ""}`
+}
+
+// A duration for people: "45 s", "4m 10s", "5h 3m".
+function span(ms) {
+  const s = Math.max(0, Math.ceil(ms / 1000))
+  if (s < 60) return `${s} s`
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`
+}
+
+// A local wall-clock time: "16:00", with the date when it is not within the next 20 hours.
+function clock(ms) {
+  const d = new Date(ms)
+  const pad = (n) => String(n).padStart(2, "0")
+  const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`
+  if (ms - Date.now() < 20 * 3600 * 1000) return hm
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${hm}`
+}
+
+const WHY = {
+  quota: "is out of its daily quota",
+  "retry-after": "was rate-limited by the server",
+  backoff: "was rate-limited",
+}
+
+// Toasts in OpenCode's TUI for what a user must know: a move to another account, a wait for a
+// cooldown, a revoked account. One per event, however many requests saw it: an event's key is
+// remembered until the time it stands for has passed. Off with the `quiet_mode` config key.
+// `client.tui.showToast` is never awaited: inside the plugin's init that deadlocks, and under
+// `opencode run` (no TUI) it only resolves harmlessly.
+function makeToasts(client) {
+  const shown = new Map()
+  let quiet = null
+  const isQuiet = () =>
+    (quiet ??= run(["config", "--json"]).then(
+      (r) => {
+        try {
+          return r.code === 0 && JSON.parse(r.stdout).quiet_mode.value === true
+        } catch {
+          return false
+        }
+      },
+      () => false,
+    ))
+  // Shows `body` unless an event with `key` was shown and lasts until after now. `until` is
+  // when this event is over (ms); Infinity for one that never repeats.
+  async function toast(key, until, body) {
+    const now = Date.now()
+    if (key != null) {
+      if (shown.get(key) > now) return
+      shown.set(key, Math.max(until, now + 1000))
+      if (shown.size > 200) for (const [k, t] of shown) if (t <= now) shown.delete(k)
+    }
+    if (await isQuiet()) return
+    const tui = client && client.tui
+    if (!tui || typeof tui.showToast !== "function") return
+    try {
+      const p = tui.showToast({ body: { title: body.title, message: body.message, variant: body.variant, duration: body.duration ?? 8000 } })
+      if (p && typeof p.then === "function") p.then(undefined, () => {})
+    } catch {
+      // No TUI to show it: nothing to do.
+    }
+  }
+  const waiting = (waitMs, at, next) =>
+    toast("wait", at, {
+      title: "Qwen: waiting for a cooldown",
+      message: `Every Qwen account is cooling down. Waiting ${span(waitMs)} (until ${clock(at)})${next ? `, then ${next} serves` : ""}. Add an account with "opencode auth login" to avoid waits.`,
+      variant: "warning",
+      duration: Math.min(Math.max(waitMs, 5000), 30000),
+    })
+  const revoked = (id, name) =>
+    toast(`revoked ${id}`, Infinity, {
+      title: "Qwen: account signed out",
+      message: `Qwen ${accountName(id, name)} was revoked by the server and is no longer used. Run "opencode auth login" (choose Qwen) to sign it in again.`,
+      variant: "error",
+      duration: 15000,
+    })
+  return {
+    toast,
+    revoked,
+    // What qwen-cred says on stderr of `token` and `refresh` (refresh.rs, token.rs).
+    stderrLine(line) {
+      const r = line.match(/\baccount (\S+) \((.*?)\) was revoked/)
+      if (r) return revoked(r[1], r[2])
+      const w = line.match(/\bwaiting (\d+) s until (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)/)
+      if (w) return waiting(Number(w[1]) * 1000, Date.parse(w[2]))
+    },
+    // The decision `report-429 --json` prints before it waits.
+    decision(line) {
+      let d
+      try {
+        d = JSON.parse(line)
+      } catch {
+        return
+      }
+      if (!d || d.decision === "retry_same" || d.next_account_id == null) return
+      const next = accountName(d.next_account_id, d.next_email)
+      if (d.wait_ms > 0) return waiting(d.wait_ms, Date.now() + d.wait_ms, next)
+      const until = Date.parse(d.cooling_until)
+      if (String(d.next_account_id) === String(d.account_id) || !(until > 0)) return
+      return toast(`moved ${d.account_id}`, until, {
+        title: "Qwen: switched account",
+        message: `Now using ${next}. Qwen ${accountName(d.account_id, d.email)} ${WHY[d.reason] || "was rate-limited"} until ${clock(until)} (in ${span(until - Date.now())}).`,
+        variant: "info",
+      })
+    },
+  }
+}
+
 // The error an OpenCode user sees when qwen-cred cannot serve, by exit code (cli.md).
 // Messages avoid "rate limit", status numbers and "try again later": OpenCode retries errors
 // that say so, which is pointless here.
@@ -149,9 +289,9 @@ function failure(what, r) {
 }
 
 // `token --format json`, rotation's pick, or account `id` when given.
-async function token(signal, id) {
+async function token(signal, id, events) {
   const args = id == null ? ["token", "--format", "json"] : ["token", "--account", id, "--format", "json"]
-  const r = await run(args, { signal })
+  const r = await run(args, { signal, onStderrLine: events && events.stderrLine })
   if (r.code !== 0) throw failure("token", r)
   let t
   try {
@@ -243,23 +383,15 @@ async function replayable(input, init) {
 
 // The accounts `qwen-cred list --json` says could serve now (no token in that output).
 async function servingIds(signal) {
-  const r = await run(["list", "--json"], { signal })
-  if (r.code !== 0) return []
-  let list
-  try {
-    list = JSON.parse(r.stdout)
-  } catch {
-    return []
-  }
-  if (!Array.isArray(list)) return []
-  return list.filter((a) => a && (a.state === "ok" || a.state === "current")).map((a) => String(a.id))
+  const { accounts } = await listAccounts(signal)
+  return (accounts || []).filter((a) => a.state === "ok" || a.state === "current").map((a) => String(a.id))
 }
 
 // A token from rotation (`token`), or, when rotation picks an account this request has found
 // unusable (its 401 could not be cured), from the next account that can serve, by id.
 // null when there is none.
-async function tokenAvoiding(avoid, signal) {
-  const t = await token(signal)
+async function tokenAvoiding(avoid, signal, events) {
+  const t = await token(signal, undefined, events)
   const picked = String(t.account_id)
   if (!avoid.has(picked)) return t
   const ids = await servingIds(signal)
@@ -268,7 +400,7 @@ async function tokenAvoiding(avoid, signal) {
   for (const id of order) {
     if (avoid.has(id)) continue
     try {
-      return await token(signal, id)
+      return await token(signal, id, events)
     } catch (e) {
       if (!(e instanceof QwenCredError)) throw e
       // Revoked or not refreshable meanwhile: the next one.
@@ -286,7 +418,7 @@ function givenUp(why) {
   return new Response(r.text, { status: r.status, statusText: r.statusText, headers: r.headers })
 }
 
-function makeFetch(configuredBase) {
+function makeFetch(configuredBase, events) {
   return async function qwenCredFetch(input, init) {
     const req = await replayable(input, init)
     // The accounts that had their forced refresh in this request; those passed over for this
@@ -297,7 +429,7 @@ function makeFetch(configuredBase) {
     let giveUp = null
     let last = null
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const t = await tokenAvoiding(avoid, req.signal)
+      const t = await tokenAvoiding(avoid, req.signal, events)
       if (!t) return givenUp(giveUp)
       const headers = new Headers(req.headers)
       headers.delete("authorization")
@@ -320,9 +452,10 @@ function makeFetch(configuredBase) {
           continue
         }
         refreshed.add(id)
-        const r = await run(["refresh", "--account", id, "--force"], { signal: req.signal })
+        const r = await run(["refresh", "--account", id, "--force"], { signal: req.signal, onStderrLine: events.stderrLine })
         // 0: a fresh token; ask again. 3: the refresh token is dead and the account now
         // revoked, so rotation skips it. Else (server down or busy): the next account.
+        if (r.code === 3) await events.revoked(id, t.email)
         if (r.code !== 0 && r.code !== 3) {
           avoid.add(id)
           giveUp = last = { refresh: r }
@@ -336,8 +469,8 @@ function makeFetch(configuredBase) {
       }
       last = { quota: true }
       const r = await run(
-        ["report-429", "--account", id, ...retryAfterArg(res.headers.get("retry-after")), "--body", "-"],
-        { input: text, signal: req.signal },
+        ["report-429", "--account", id, ...retryAfterArg(res.headers.get("retry-after")), "--body", "-", "--json"],
+        { input: text, signal: req.signal, onStdoutLine: events.decision },
       )
       if (r.code !== 0) throw failure("report-429", r)
     }
@@ -356,7 +489,6 @@ function startLogin(args) {
   } catch (e) {
     return { verification: Promise.reject(notFound(e)), result: Promise.reject(notFound(e)) }
   }
-  let buf = ""
   let stderr = ""
   let onVerification
   let onResult
@@ -376,22 +508,16 @@ function startLogin(args) {
   }
   child.stdout.setEncoding("utf8")
   child.stderr.setEncoding("utf8")
-  child.stdout.on("data", (d) => {
-    buf += d
-    // A line longer than any event qwen-cred prints is not one of its events.
-    if (buf.length > MAX_OUTPUT) buf = ""
-    let i
-    while ((i = buf.indexOf("\n")) >= 0) {
-      const line = buf.slice(0, i).trim()
-      buf = buf.slice(i + 1)
-      if (!line) continue
+  child.stdout.on(
+    "data",
+    lines((line) => {
       try {
         event(JSON.parse(line))
       } catch {
         // Not a JSON line: ignore.
       }
-    }
-  })
+    }),
+  )
   child.stderr.on("data", (d) => {
     if (stderr.length < MAX_OUTPUT) stderr += d
   })
@@ -413,26 +539,128 @@ function startLogin(args) {
 function loginFailure(code, stderr) {
   if (code === 2) {
     return new QwenCredError(
-      `Qwen: ${said(stderr) || "the account pool is full"}. Run "opencode auth login" again and choose "Replace one account" (with an id from "qwen-cred list") or "Start fresh".`,
+      `Qwen: ${said(stderr) || "the account pool is full"}. Run "opencode auth login" again and choose "Replace an account" or "Start fresh".`,
     )
   }
   return failure("login", { code, stderr })
 }
 
 function loginArgs(inputs) {
-  const args = ["login", "--json", "--no-browser"]
+  // qwen-cred opens the browser where there is a display ($BROWSER, else the platform opener).
+  const args = ["login", "--json"]
   const mode = (inputs && inputs.mode) || "add"
   if (mode === "fresh") args.push("--fresh")
   if (mode === "replace") {
     const id = String((inputs && inputs.replace) || "").trim()
-    if (!id) throw new QwenCredError('Qwen: say which account to replace (an id or email from "qwen-cred list")')
+    if (!id) throw new QwenCredError("Qwen: say which account to replace")
     args.push("--replace", id)
   }
   return args
 }
 
-async function authorize(inputs) {
-  const login = startLogin(loginArgs(inputs))
+const MARKER_RESULT = { type: "success", access: MARKER, refresh: MARKER, expires: MARKER_EXPIRES }
+
+// An account's name as `list --json` gives it: its label, else its email, else the fingerprint.
+function nameOf(a) {
+  return a.label || a.email || (a.fingerprint ? `fp ${a.fingerprint}` : "")
+}
+
+function stateText(a) {
+  switch (a.state) {
+    case "current":
+    case "ok":
+      return a.state
+    case "cooling_down": {
+      const t = Date.parse(a.rate_limited_until)
+      return `cooling down${t > 0 ? ` until ${clock(t)}` : ""}${a.rate_limit_reason ? ` (${a.rate_limit_reason})` : ""}`
+    }
+    case "revoked":
+      return "revoked: sign in as it again to revive it"
+    default:
+      return String(a.state || "unknown")
+  }
+}
+
+// `qwen-cred list --json` (no token in it) as { accounts } or { error }.
+function parsePool(r) {
+  if (r.code !== 0) return { error: said(r.stderr || "") || `qwen-cred list failed (exit ${r.code})` }
+  try {
+    const list = JSON.parse(r.stdout)
+    if (Array.isArray(list)) return { accounts: list.filter((a) => a && a.id != null) }
+  } catch {
+    // Below.
+  }
+  return { error: `"${bin()} list --json" printed no list` }
+}
+
+async function listAccounts(signal) {
+  return parsePool(await run(["list", "--json"], { signal }))
+}
+
+// The pool for the login menu. OpenCode reads a method's prompts as a plain property, so this
+// runs `list --json` synchronously; one snapshot serves one `opencode auth login` (it reads the
+// prompts more than once) and is dropped when a login or removal starts.
+const POOL_TTL_MS = 3000
+let poolCache = null
+function poolNow() {
+  if (poolCache && Date.now() - poolCache.at < POOL_TTL_MS) return poolCache.pool
+  let pool
+  const r = spawnSync(bin(), ["list", "--json"], {
+    encoding: "utf8",
+    env: process.env,
+    stdio: ["ignore", "pipe", "pipe"],
+    timeout: 30 * 1000,
+    maxBuffer: MAX_OUTPUT,
+  })
+  if (r.error) pool = { error: notFound(r.error).message }
+  else pool = parsePool({ code: r.status ?? -1, stdout: r.stdout || "", stderr: r.stderr || "" })
+  poolCache = { at: Date.now(), pool }
+  return pool
+}
+
+// `opencode auth login`'s prompts: the pool (how many, each account's name and state), then
+// what to do with it, then which account for replace and remove.
+function menu(pool) {
+  const accounts = pool.accounts || []
+  const n = accounts.length
+  const head = pool.error
+    ? `Qwen accounts in qwen-cred: cannot list them (${pool.error})`
+    : n === 0
+      ? "Qwen accounts in qwen-cred: none yet"
+      : `Qwen accounts in qwen-cred: ${n}${n >= 10 ? " (the pool is full)" : ""}`
+  const rows = accounts.map((a) => `- ${a.id}  ${nameOf(a) || "?"}  ${stateText(a)}`)
+  const options = [
+    {
+      label: "Add an account",
+      value: "add",
+      hint: n >= 10 ? "the pool is full: replace one or start fresh" : "keeps the accounts already in the pool",
+    },
+  ]
+  if (n > 0) {
+    options.push(
+      { label: "Replace an account", value: "replace", hint: "pick it; the new login takes its place" },
+      { label: "Remove an account", value: "remove", hint: "pick it; no login" },
+    )
+  }
+  if (n > 0 || pool.error) {
+    options.push({ label: "Start fresh", value: "fresh", hint: "the new account replaces all others once it is in" })
+  }
+  const pick = (key, message) => ({
+    type: "select",
+    key,
+    message,
+    options: accounts.map((a) => ({ label: `${a.id}  ${nameOf(a) || "?"}`, value: String(a.id), hint: stateText(a) })),
+    when: { key: "mode", op: "eq", value: key },
+    condition: (inputs) => inputs.mode === key,
+  })
+  const prompts = [{ type: "select", key: "mode", message: [head, ...rows].join("\n"), options }]
+  if (n > 0) prompts.push(pick("replace", "Account to replace"), pick("remove", "Account to remove"))
+  return prompts
+}
+
+async function signIn(inputs, failed) {
+  const args = loginArgs(inputs)
+  const login = startLogin(args)
   let v
   try {
     v = await login.verification
@@ -442,54 +670,84 @@ async function authorize(inputs) {
   }
   const url = v.verification_uri_complete || v.verification_uri
   const minutes = v.expires_in ? ` within ${Math.max(1, Math.round(v.expires_in / 60))} min` : ""
+  const mode = (inputs && inputs.mode) || "add"
+  const then =
+    mode === "replace"
+      ? `puts the account in place of account ${args[args.length - 1]}`
+      : mode === "fresh"
+        ? "keeps only this account once it is in"
+        : "adds the account to its pool"
   return {
     url,
-    instructions: `Open the link and approve${minutes}; if asked for a code, enter ${v.user_code}. qwen-cred adds the account to its pool.`,
+    instructions: `Open the link and approve${minutes}; if asked for a code, enter ${v.user_code}. qwen-cred ${then}.`,
     method: "auto",
     async callback() {
       try {
         await login.result
-        return { type: "success", access: MARKER, refresh: MARKER, expires: MARKER_EXPIRES }
-      } catch {
-        return { type: "failed" }
+      } catch (e) {
+        // OpenCode shows a thrown error's message after "Failed to authorize: ".
+        await failed(e)
+        throw e
+      } finally {
+        poolCache = null
       }
+      return MARKER_RESULT
     },
   }
 }
 
-export const QwenCredPlugin = async () => ({
-  auth: {
-    provider: PROVIDER,
-    async loader(_auth, provider) {
-      const configured = provider && provider.options && provider.options.baseURL
-      return { apiKey: "", fetch: makeFetch(configured) }
+// Removes one account; OpenCode shows the instructions, then (the callback succeeds at once,
+// keeping its marker) "Login successful".
+async function removeAccount(inputs) {
+  const id = String((inputs && inputs.remove) || "").trim()
+  if (!id) throw new QwenCredError("Qwen: say which account to remove")
+  const before = await listAccounts()
+  const acct = (before.accounts || []).find((a) => String(a.id) === id)
+  const r = await run(["remove", id])
+  if (r.code !== 0) throw failure("remove", r)
+  const after = await listAccounts()
+  const left = after.accounts ? `; ${after.accounts.length} left` : ""
+  return {
+    url: "",
+    instructions: `Removed ${accountName(id, acct && nameOf(acct))} from qwen-cred's pool${left}.`,
+    method: "auto",
+    async callback() {
+      return MARKER_RESULT
     },
-    methods: [
-      {
-        type: "oauth",
-        label: "Qwen OAuth via qwen-cred (multi-account)",
-        prompts: [
-          {
-            type: "select",
-            key: "mode",
-            message: "Qwen accounts",
-            options: [
-              { label: "Add an account", value: "add", hint: "keeps the accounts already in the pool" },
-              { label: "Start fresh", value: "fresh", hint: "the new account replaces all others once it is in" },
-              { label: "Replace one account", value: "replace", hint: "when the pool is full (10)" },
-            ],
-          },
-          {
-            type: "text",
-            key: "replace",
-            message: 'Account to replace (id or email, see "qwen-cred list")',
-            validate: (v) => (String(v || "").trim() ? undefined : "an account id or email is needed"),
-            when: { key: "mode", op: "eq", value: "replace" },
-            condition: (inputs) => inputs.mode === "replace",
-          },
-        ],
-        authorize,
+  }
+}
+
+export const QwenCredPlugin = async (input) => {
+  // Nothing here waits on OpenCode: awaiting its client during init deadlocks.
+  const toasts = makeToasts(input && input.client)
+  const failed = (e) =>
+    toasts.toast(null, 0, { title: "Qwen: login failed", message: String(e && e.message), variant: "error", duration: 15000 })
+  return {
+    auth: {
+      provider: PROVIDER,
+      async loader(_auth, provider) {
+        const configured = provider && provider.options && provider.options.baseURL
+        return { apiKey: "", fetch: makeFetch(configured, toasts) }
       },
-    ],
-  },
-})
+      methods: [
+        {
+          type: "oauth",
+          label: "Qwen OAuth via qwen-cred (multi-account)",
+          get prompts() {
+            return menu(poolNow())
+          },
+          async authorize(inputs) {
+            poolCache = null
+            try {
+              if (inputs && inputs.mode === "remove") return await removeAccount(inputs)
+              return await signIn(inputs, failed)
+            } catch (e) {
+              await failed(e)
+              throw e
+            }
+          },
+        },
+      ],
+    },
+  }
+}

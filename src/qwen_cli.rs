@@ -10,7 +10,6 @@
 //! 400 it deletes the file); the file is replaced atomically through a `<file>.<hex>.tmp` temp
 //! file with mode 0600, by the path itself (a symlink there is replaced, not followed).
 
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::store::{Account, Store};
@@ -63,11 +62,16 @@ impl Creds {
     }
 }
 
+/// The Qwen CLI's file holds a few hundred bytes; anything over this is not it.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 /// Reads and validates the file; every problem names it (exit 6).
 pub fn read(path: &Path) -> Result<Creds> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::File(format!("{}: not valid JSON: {e}", path.display())))?;
+    let Some((bytes, _)) = crate::files::read_regular(path, MAX_FILE_BYTES, "the Qwen CLI's file")?
+    else {
+        return Err(Error::File(format!("{}: not found", path.display())));
+    };
+    let v = Value::Object(crate::files::parse_json_object(&bytes, path)?.unwrap_or_default());
     let field = |k: &str| -> Result<String> {
         match v.get(k) {
             Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
@@ -167,10 +171,11 @@ pub fn import(
 /// Whether the Qwen CLI holds its lock on the file `a` is kept in step with (a live lock,
 /// at most 35 s old): its refresh of the shared token may be in flight, so ours must not
 /// start.
-pub fn cli_is_refreshing(cfg: &Config, a: &Account) -> bool {
-    let file = cfg.qwen_cli_file();
-    cfg.bool("sync_qwen_cli")
-        && a.linked_file.as_deref().is_some_and(|l| links_to(l, &file))
+pub fn cli_is_refreshing(file: Option<&Path>, a: &Account) -> bool {
+    let Some(file) = file else {
+        return false;
+    };
+    a.linked_file.as_deref().is_some_and(|l| links_to(l, file))
         && lock_age(&file.with_file_name(LOCK_FILE)).is_some_and(|age| age <= STALE)
 }
 
@@ -178,11 +183,10 @@ pub fn cli_is_refreshing(cfg: &Config, a: &Account) -> bool {
 /// its file, or holding the token that file holds): the fingerprint of the refresh token the
 /// file holds now (else of the removed account's), so that `token` does not import that login
 /// again on its own. `None` when no removed account came from there.
-pub fn removed_login(cfg: &Config, removed: &[Account]) -> Option<String> {
-    let file = cfg.qwen_cli_file();
-    let in_file = read(&file).ok().map(|c| c.refresh_token);
+pub fn removed_login(file: &Path, removed: &[Account]) -> Option<String> {
+    let in_file = read(file).ok().map(|c| c.refresh_token);
     let gone = removed.iter().find(|a| {
-        a.linked_file.as_deref().is_some_and(|l| links_to(l, &file))
+        a.linked_file.as_deref().is_some_and(|l| links_to(l, file))
             || in_file.as_ref() == Some(&a.refresh_token)
     })?;
     Some(in_file.as_ref().unwrap_or(&gone.refresh_token).sha256_hex())
@@ -240,11 +244,11 @@ impl FileSync {
     /// cannot hold ours (read-only, permissions): the shared token is never refreshed without
     /// that lock, so the caller serves what it can without refreshing.
     pub fn begin(
-        cfg: &Config,
+        file: &Path,
         a: &Account,
         wait: Duration,
     ) -> Result<std::result::Result<Option<FileSync>, Busy>> {
-        let file = as_given(&cfg.qwen_cli_file());
+        let file = as_given(file);
         let Some(linked) = a.linked_file.as_deref() else {
             return Ok(Ok(None));
         };
@@ -345,11 +349,12 @@ impl FileSync {
             crate::msg::debug(&format!("{} {why}; leaving it alone", self.file.display()));
             Ok(false)
         };
-        let bytes = match fs::read(&self.file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => return leave("is gone"),
-            Err(e) => return Err(e),
-        };
+        let bytes =
+            match crate::files::read_regular(&self.file, MAX_FILE_BYTES, "the Qwen CLI's file") {
+                Ok(Some((b, _))) => b,
+                Ok(None) => return leave("is gone"),
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+            };
         let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(&bytes) else {
             return leave("is not a JSON object");
         };

@@ -5,14 +5,28 @@
 //! again (RFC 6749 §10.4: a rotated refresh token is single-use). An account linked to the
 //! Qwen CLI's file is also kept in step with that file, under that CLI's lock (qwen_cli.rs).
 
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::{self, Journal};
 use crate::oauth::{self, RefreshError};
 use crate::qwen_cli::{Busy, Creds, FileSync};
 use crate::secret::Secret;
 use crate::store::{Account, Status};
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// What a refresh needs to know; `Config::refresh_settings` fills it in.
+pub struct Settings {
+    /// The store's directory, where the refresh locks and journals live too.
+    pub dir: PathBuf,
+    pub lock_timeout: Duration,
+    /// The Qwen CLI file a linked account is kept in step with; `None` without
+    /// `sync_qwen_cli`.
+    pub qwen_cli_file: Option<PathBuf>,
+    pub oauth: oauth::Settings,
+    /// Attempts for a transient failure, and the first delay between them (doubling).
+    pub retry_attempts: u64,
+    pub retry_delay: Duration,
+}
 
 /// What became of a refresh.
 pub enum Refreshed {
@@ -39,27 +53,27 @@ pub enum Refreshed {
 /// `wait` bounds the wait for another process's refresh of the same account: a caller that
 /// still holds a valid token waits not at all.
 pub fn refresh_account(
-    cfg: &Config,
+    set: &Settings,
     id: &str,
     seen_access: &Secret,
     still_needed: &dyn Fn(&Account) -> bool,
     wait: Duration,
 ) -> Result<Refreshed> {
     let asked_at = crate::store::now_ms();
-    let Some(_flight) = crate::lock::refresh(&cfg.dir, id, wait)? else {
+    let Some(_flight) = crate::lock::refresh(&set.dir, id, wait)? else {
         return Ok(Refreshed::Busy(format!(
             "another qwen-cred has been refreshing account {id} for {} s (lock_timeout_seconds)",
             wait.as_secs()
         )));
     };
     // Before anything else: tokens an earlier refresh got but could not store.
-    if let Err(e) = fold_journal(cfg, id) {
+    if let Err(e) = fold_journal(set, id) {
         return Ok(Refreshed::Busy(format!(
             "the tokens of an earlier refresh wait in {} and cannot be stored yet ({e})",
-            journal::path(&cfg.dir, id).display()
+            journal::path(&set.dir, id).display()
         )));
     }
-    let Some(current) = read_account(cfg, id)? else {
+    let Some(current) = read_account(set, id)? else {
         return Ok(Refreshed::Gone);
     };
     if current.status == Status::Revoked {
@@ -85,12 +99,12 @@ pub fn refresh_account(
     // An account imported from the Qwen CLI shares its refresh token with it: hold that CLI's
     // lock (after ours, before the store's) across "read the file, adopt or refresh, write
     // back", so neither side spends a token the other has rotated (files.md).
-    let sync = if cfg.bool("sync_qwen_cli") {
-        match FileSync::begin(cfg, &current, wait)? {
+    let sync = if let Some(file) = &set.qwen_cli_file {
+        match FileSync::begin(file, &current, wait)? {
             Ok(sync) => sync,
             Err(busy) => {
                 if let Busy::Unwritable { dir, error } = &busy {
-                    report_unwritable(cfg, dir, error);
+                    report_unwritable(set, dir, error);
                 }
                 return Ok(Refreshed::Busy(busy.why()));
             }
@@ -100,7 +114,7 @@ pub fn refresh_account(
     };
     let adopted = match &sync {
         Some(sync) => match sync.read() {
-            Some(creds) => update_account(cfg, id, |a| sync.adopt(&creds, a))?,
+            Some(creds) => update_account(set, id, |a| sync.adopt(&creds, a))?,
             None => None,
         },
         None => None,
@@ -112,7 +126,7 @@ pub fn refresh_account(
         None => current,
     };
     let deferred = crate::signals::Deferred::new();
-    let result = refresh_and_store(cfg, id, &current, sync.as_ref(), &deferred);
+    let result = refresh_and_store(set, id, &current, sync.as_ref(), &deferred);
     // The Qwen CLI's lock goes first: a signal held back meanwhile ends the process as soon
     // as `deferred` drops, and must not leave that lock behind.
     drop(sync);
@@ -122,17 +136,17 @@ pub fn refresh_account(
 
 /// The HTTP refresh and storing its outcome, with signals held back by the caller.
 fn refresh_and_store(
-    cfg: &Config,
+    set: &Settings,
     id: &str,
     current: &Account,
     sync: Option<&FileSync>,
     deferred: &crate::signals::Deferred,
 ) -> Result<Refreshed> {
     let used = current.refresh_token.clone();
-    let client = oauth::Client::new(&cfg.oauth_settings())?;
+    let client = oauth::Client::new(&set.oauth)?;
     // Once the request is sent the old refresh token may be spent: without room to keep the
     // answer, do not send it (the account stays alive; the caller serves what it can).
-    let journal = match Journal::reserve(&cfg.dir, id) {
+    let journal = match Journal::reserve(&set.dir, id) {
         Ok(j) => j,
         Err(e) => {
             crate::msg::warn(&format!("account {id}: not refreshed: {e}"));
@@ -141,30 +155,30 @@ fn refresh_and_store(
     };
     crate::msg::debug(&format!(
         "account {id}: refreshing at {}",
-        cfg.str("oauth_base_url")
+        set.oauth.oauth_base_url
     ));
     // Holding the Qwen CLI's lock, make one attempt only: its retries would keep that CLI
     // from its own token for minutes.
     let attempts = match sync {
         Some(_) => 1,
-        None => cfg.int("token_refresh_retry_attempts").max(1),
+        None => set.retry_attempts.max(1),
     };
     // Server text may echo a token this call knows.
     let redact = |text: &str| crate::secret::redact(text, &[&used, &current.access_token]);
-    match with_retries(cfg, attempts, deferred, || client.refresh(&used)) {
-        Ok(tok) => store_answer(cfg, id, current, &used, tok, sync, journal),
+    match with_retries(set, attempts, deferred, || client.refresh(&used)) {
+        Ok(tok) => store_answer(set, id, current, &used, tok, sync, journal),
         Err(RefreshError::Dead(reason)) => {
             journal.discard();
             // files.md: a linked account re-reads the Qwen CLI's file once first; a different
             // refresh token there is tried instead (the dead one is never sent again).
             if let Some((sync, creds)) = sync.and_then(|s| Some((s, s.read()?))) {
-                if let Some(a) = update_account(cfg, id, |a| sync.adopt_other(&creds, a, &used))? {
-                    return refresh_and_store(cfg, id, &a, Some(sync), deferred);
+                if let Some(a) = update_account(set, id, |a| sync.adopt_other(&creds, a, &used))? {
+                    return refresh_and_store(set, id, &a, Some(sync), deferred);
                 }
             }
             let reason = redact(&reason);
             let now = crate::store::now_ms();
-            let found = crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+            let found = crate::store::update(&set.dir, set.lock_timeout, |s| {
                 let Some(a) = s.accounts.iter_mut().find(|a| a.id == id) else {
                     return Ok(false);
                 };
@@ -194,7 +208,7 @@ fn refresh_and_store(
             // Recorded so that callers queued behind this refresh do not repeat it at once.
             let now = crate::store::now_ms();
             let why = redact(&why);
-            crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+            crate::store::update(&set.dir, set.lock_timeout, |s| {
                 if let Some(a) = s.accounts.iter_mut().find(|a| a.id == id) {
                     if a.refresh_token == used {
                         a.refresh_failed_at = Some(now);
@@ -212,7 +226,7 @@ fn refresh_and_store(
 /// Keeps what a 200 carried: journal first (fsync'd), then the Qwen CLI's file, then the
 /// store. Whatever fails after the journal, the tokens are kept and the access token served.
 fn store_answer(
-    cfg: &Config,
+    set: &Settings,
     id: &str,
     current: &Account,
     used: &Secret,
@@ -248,7 +262,7 @@ fn store_answer(
     if let Some(s) = sync {
         s.write_back(used, &new);
     }
-    let stored = crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+    let stored = crate::store::update(&set.dir, set.lock_timeout, |s| {
         let Some(a) = s.accounts.iter_mut().find(|a| a.id == id) else {
             return Ok(None);
         };
@@ -290,7 +304,7 @@ fn store_answer(
     if !usable {
         return Ok(Refreshed::Failed(format!(
             "{} answered 200 without a usable access_token; its new refresh token is kept",
-            cfg.str("oauth_base_url")
+            set.oauth.oauth_base_url
         )));
     }
     Ok(Refreshed::Fresh(Box::new(account)))
@@ -298,11 +312,11 @@ fn store_answer(
 
 /// Folds a journal left by an earlier refresh of account `id` into the store: its tokens
 /// replace the spent refresh token it names. The caller holds the account's refresh lock.
-fn fold_journal(cfg: &Config, id: &str) -> Result<()> {
-    let Some(entry) = journal::pending(&cfg.dir, id)? else {
+fn fold_journal(set: &Settings, id: &str) -> Result<()> {
+    let Some(entry) = journal::pending(&set.dir, id)? else {
         return Ok(());
     };
-    let folded = crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+    let folded = crate::store::update(&set.dir, set.lock_timeout, |s| {
         Ok(match s.accounts.iter_mut().find(|a| a.id == id) {
             Some(a) if entry.spent(&a.refresh_token) => {
                 entry.creds.apply_to(a);
@@ -318,18 +332,18 @@ fn fold_journal(cfg: &Config, id: &str) -> Result<()> {
         ));
     }
     // Best effort: a journal left behind is found spent next time and removed then.
-    journal::remove(&cfg.dir, id);
+    journal::remove(&set.dir, id);
     Ok(())
 }
 
 /// Lets `change` change account `id` under the store lock; the account as now stored when
 /// it did (returned true), else `None` (also when the account was removed meanwhile).
 fn update_account(
-    cfg: &Config,
+    set: &Settings,
     id: &str,
     change: impl FnOnce(&mut Account) -> bool,
 ) -> Result<Option<Account>> {
-    crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+    crate::store::update(&set.dir, set.lock_timeout, |s| {
         let a = s.accounts.iter_mut().find(|a| a.id == id);
         Ok(a.and_then(|a| change(a).then(|| a.clone())))
     })
@@ -337,10 +351,10 @@ fn update_account(
 
 /// Says (at most once an hour, recorded in the store) that the Qwen CLI's directory cannot
 /// hold its lock.
-fn report_unwritable(cfg: &Config, dir: &std::path::Path, error: &str) {
+fn report_unwritable(set: &Settings, dir: &std::path::Path, error: &str) {
     let now = crate::store::now_ms();
     let every = crate::qwen_cli::REPORT_UNWRITABLE_AGAIN_MS;
-    let due = crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+    let due = crate::store::update(&set.dir, set.lock_timeout, |s| {
         let due = s
             .qwen_dir_unwritable_warned_at
             .is_none_or(|t| !(now - every..=now).contains(&t));
@@ -356,20 +370,20 @@ fn report_unwritable(cfg: &Config, dir: &std::path::Path, error: &str) {
 }
 
 /// The account as stored now; `None` once removed.
-fn read_account(cfg: &Config, id: &str) -> Result<Option<Account>> {
-    let s = crate::store::load(&cfg.store_path())?;
+fn read_account(set: &Settings, id: &str) -> Result<Option<Account>> {
+    let s = crate::store::load(&crate::store::path(&set.dir))?;
     Ok(s.accounts.into_iter().find(|a| a.id == id))
 }
 
 /// Makes `attempts` attempts at most while failures are transient, the delay doubling from
 /// `token_refresh_retry_delay_ms`. A dead token is never retried.
 fn with_retries(
-    cfg: &Config,
+    set: &Settings,
     attempts: u64,
     deferred: &crate::signals::Deferred,
     mut attempt: impl FnMut() -> std::result::Result<oauth::TokenResponse, RefreshError>,
 ) -> std::result::Result<oauth::TokenResponse, RefreshError> {
-    let mut delay = Duration::from_millis(cfg.int("token_refresh_retry_delay_ms"));
+    let mut delay = set.retry_delay;
     let mut n = 1;
     loop {
         match attempt() {

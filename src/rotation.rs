@@ -370,11 +370,13 @@ pub fn soonest_reset(store: &Store, now: i64) -> Option<i64> {
 }
 
 /// Seconds to wait per a Retry-After value: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
-/// `None` means no usable hint (the caller falls back to backoff); a past date means 0.
+/// `None` means no usable hint (the caller falls back to backoff); a past date means 0, and
+/// delta-seconds past `u64` mean `u64::MAX` (a very long wait, which the caller caps), never
+/// no hint.
 pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<u64> {
     let v = value.trim_ascii();
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        return v.parse().ok();
+        return Some(v.parse().unwrap_or(u64::MAX));
     }
     let at = parse_http_date(v, now_ms)?;
     let ahead = u64::try_from(at.saturating_sub(now_ms)).unwrap_or(0);
@@ -1274,6 +1276,19 @@ mod tests {
         assert_eq!(
             parse_retry_after("\t18446744073709551615\r\n", NOW),
             Some(u64::MAX)
+        );
+        // Past u64 is still a (very long) hint, not none: the caller caps it.
+        for huge in [
+            "18446744073709551616",
+            "99999999999999999999999",
+            &"9".repeat(4096),
+        ] {
+            assert_eq!(parse_retry_after(huge, NOW), Some(u64::MAX), "{huge}");
+        }
+        // Leading zeros are digits like any other.
+        assert_eq!(
+            parse_retry_after("000000000000000000000000000000042", NOW),
+            Some(42)
         );
     }
 

@@ -4,7 +4,10 @@
 
 use crate::error::{Error, Result};
 use crate::secret::Secret;
-use serde_json::{Map, Value};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
 
 pub const STORE_VERSION: &str = "1.0";
 pub const MAX_ACCOUNTS: usize = 10;
@@ -87,7 +90,7 @@ pub struct Account {
     pub last_error: Option<String>,
     pub last_error_at: Option<i64>,
     /// Fields this version does not know, written back unchanged.
-    pub extra: Map<String, Value>,
+    pub extra: Extra,
 }
 
 /// `recent_requests` counts in steps of this many ms ...
@@ -110,13 +113,96 @@ pub struct Store {
     pub removed_qwen_cli_fp: Option<String>,
     /// Last time a Qwen CLI directory we could not write was reported (Unix ms).
     pub qwen_dir_unwritable_warned_at: Option<i64>,
-    pub extra: Map<String, Value>,
+    pub extra: Extra,
 }
 
-/// Reads one object's fields by name, removing each known one so that what is left is the
+/// Fields this version does not know, in file order, each value kept as the exact JSON text
+/// it was read as: other tools' numbers (`18446744073709551616`, `1e400`, `1.50`) and
+/// nesting come back byte for byte, never reformatted or refused.
+#[derive(Debug, Clone, Default)]
+pub struct Extra(Vec<(String, Box<RawValue>)>);
+
+impl PartialEq for Extra {
+    fn eq(&self, other: &Extra) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|((k, v), (l, w))| k == l && v.get() == w.get())
+    }
+}
+
+impl Extra {
+    #[cfg(test)]
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    fn write<M: SerializeMap>(&self, m: &mut M) -> std::result::Result<(), M::Error> {
+        self.0.iter().try_for_each(|(k, v)| m.serialize_entry(k, v))
+    }
+}
+
+/// An object's members in file order with each value's text, not yet interpreted. A key given
+/// twice keeps its first place and its last value, as a serde_json map does.
+#[derive(Default)]
+struct Members {
+    list: Vec<(String, Option<Box<RawValue>>)>,
+    // A B-tree, not a hash map: a few dozen short keys compare faster than SipHash hashes.
+    index: BTreeMap<String, usize>,
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Members, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Members, A::Error> {
+                let mut m = Members::default();
+                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+                    match m.index.get(&k) {
+                        Some(&i) => m.list[i].1 = Some(v),
+                        None => {
+                            m.index.insert(k.clone(), m.list.len());
+                            m.list.push((k, Some(v)));
+                        }
+                    }
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl Members {
+    fn take(&mut self, key: &str) -> Option<Box<RawValue>> {
+        let i = *self.index.get(key)?;
+        self.list[i].1.take()
+    }
+
+    /// What was not taken.
+    fn rest(self) -> Extra {
+        Extra(
+            self.list
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect(),
+        )
+    }
+}
+
+/// Reads one object's fields by name, taking each known one so that what is left is the
 /// passthrough `extra`; errors name the file and the field path.
 struct Fields<'a> {
-    map: Map<String, Value>,
+    map: Members,
     at: String,
     file: &'a Path,
 }
@@ -131,22 +217,31 @@ impl Fields<'_> {
         ))
     }
 
-    /// Missing -> `None`. `null` -> `None` only where `nullable`. `shift_remove` keeps the
-    /// unknown fields in their order (`remove` swaps the last one into the hole).
-    fn take(&mut self, key: &str, nullable: bool, expected: &str) -> Result<Option<Value>> {
-        match self.map.shift_remove(key) {
-            None => Ok(None),
-            Some(Value::Null) if nullable => Ok(None),
-            Some(Value::Null) => Err(self.err(key, expected)),
-            Some(v) => Ok(Some(v)),
+    /// The value's JSON text. Missing -> `None`. `null` -> `None` only where `nullable`.
+    /// Taking leaves the unknown fields in their order.
+    fn take(&mut self, key: &str, nullable: bool, expected: &str) -> Result<Option<Box<RawValue>>> {
+        let Some(raw) = self.map.take(key) else {
+            return Ok(None);
+        };
+        match raw.get() {
+            "null" if nullable => Ok(None),
+            "null" => Err(self.err(key, expected)),
+            _ => Ok(Some(raw)),
         }
     }
 
     fn string(&mut self, key: &str, nullable: bool) -> Result<Option<String>> {
-        match self.take(key, nullable, "a string")? {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(self.err(key, "a string")),
+        let Some(raw) = self.take(key, nullable, "a string")? else {
+            return Ok(None);
+        };
+        // The text is valid JSON: a string without escapes is its own content.
+        let text = raw.get();
+        match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            Some(inner) if !inner.contains('\\') => Ok(Some(inner.to_string())),
+            Some(_) => serde_json::from_str(text)
+                .map(Some)
+                .map_err(|_| self.err(key, "a string")),
+            None => Err(self.err(key, "a string")),
         }
     }
 
@@ -160,8 +255,9 @@ impl Fields<'_> {
     fn int(&mut self, key: &str, nullable: bool, max: i64, expected: &str) -> Result<Option<i64>> {
         match self.take(key, nullable, expected)? {
             None => Ok(None),
-            Some(v) => match v.as_i64() {
-                Some(n) if (0..=max).contains(&n) => Ok(Some(n)),
+            // JSON integer text only: a fraction, an exponent or a string is refused.
+            Some(raw) => match raw.get().parse::<i64>() {
+                Ok(n) if (0..=max).contains(&n) => Ok(Some(n)),
                 _ => Err(self.err(key, expected)),
             },
         }
@@ -181,25 +277,34 @@ impl Fields<'_> {
     fn counts<const N: usize>(&mut self, key: &str) -> Result<[u64; N]> {
         let expected = format!("an array of at most {N} non-negative integers");
         let mut out = [0; N];
-        match self.take(key, true, &expected)? {
-            None => {}
-            Some(Value::Array(a)) if a.len() <= N => {
-                for (slot, v) in out.iter_mut().zip(&a) {
-                    *slot = v
-                        .as_u64()
-                        .filter(|&n| n <= MAX_COUNT)
-                        .ok_or_else(|| self.err(key, &expected))?;
-                }
-            }
-            Some(_) => return Err(self.err(key, &expected)),
+        let Some(raw) = self.take(key, true, &expected)? else {
+            return Ok(out);
+        };
+        let list = serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())
+            .ok()
+            .filter(|l| l.len() <= N)
+            .ok_or_else(|| self.err(key, &expected))?;
+        for (slot, v) in out.iter_mut().zip(&list) {
+            // JSON integer text only, as `int` takes it.
+            *slot = v
+                .get()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n <= MAX_COUNT)
+                .ok_or_else(|| self.err(key, &expected))?;
         }
         Ok(out)
     }
 
     fn bool(&mut self, key: &str) -> Result<Option<bool>> {
-        match self.take(key, false, "true or false")? {
+        match self
+            .take(key, false, "true or false")?
+            .as_deref()
+            .map(RawValue::get)
+        {
             None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
             Some(_) => Err(self.err(key, "true or false")),
         }
     }
@@ -218,7 +323,7 @@ impl Store {
             last_background_refresh_at: None,
             removed_qwen_cli_fp: None,
             qwen_dir_unwritable_warned_at: None,
-            extra: Map::new(),
+            extra: Extra::default(),
         }
     }
 
@@ -226,24 +331,8 @@ impl Store {
     /// blank input is an empty pool.
     pub fn parse(bytes: &[u8], file: &Path) -> Result<Store> {
         let name = file.display();
-        if bytes.starts_with(b"\xEF\xBB\xBF") {
-            return Err(Error::File(format!(
-                "{name}: starts with a UTF-8 byte order mark; remove it (qwen-cred writes plain UTF-8 JSON)"
-            )));
-        }
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            Error::File(format!(
-                "{name}: not valid UTF-8 (at byte {})",
-                e.valid_up_to()
-            ))
-        })?;
-        if text.trim().is_empty() {
+        let Some(map) = crate::files::parse_json_object::<Members>(bytes, file)? else {
             return Ok(Store::empty());
-        }
-        let map = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => return Err(Error::File(format!("{name}: expected a JSON object"))),
-            Err(e) => return Err(Error::File(format!("{name}: not valid JSON: {e}"))),
         };
         let mut f = Fields {
             map,
@@ -277,14 +366,14 @@ impl Store {
         if max_accounts == 0 {
             return Err(f.err("max_accounts", "a number from 1 to 10"));
         }
-        let list = match f.take("accounts", false, "an array")? {
+        let list = match f.map.take("accounts") {
             None => Vec::new(),
-            Some(Value::Array(a)) => a,
-            Some(_) => return Err(f.err("accounts", "an array")),
+            Some(raw) => serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())
+                .map_err(|_| f.err("accounts", "an array"))?,
         };
         let mut accounts: Vec<Account> = Vec::with_capacity(list.len());
-        for (i, v) in list.into_iter().enumerate() {
-            let Value::Object(map) = v else {
+        for (i, raw) in list.iter().enumerate() {
+            let Ok(map) = serde_json::from_str::<Members>(raw.get()) else {
                 return Err(Error::File(format!(
                     "{name}: accounts[{i}]: expected an object"
                 )));
@@ -325,37 +414,13 @@ impl Store {
             last_background_refresh_at,
             removed_qwen_cli_fp,
             qwen_dir_unwritable_warned_at,
-            extra: f.map,
+            extra: f.map.rest(),
         })
     }
 
     /// The store as JSON: known fields first, unknown ones after, unchanged.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut m = Map::new();
-        m.insert("version".into(), self.version.clone().into());
-        m.insert("max_accounts".into(), self.max_accounts.into());
-        m.insert(
-            "accounts".into(),
-            Value::Array(self.accounts.iter().map(Account::to_value).collect()),
-        );
-        m.insert(
-            "current_account_id".into(),
-            self.current_account_id.clone().into(),
-        );
-        if self.current_streak != 0 {
-            m.insert("current_streak".into(), self.current_streak.into());
-        }
-        if let Some(t) = self.last_background_refresh_at {
-            m.insert("last_background_refresh_at".into(), t.into());
-        }
-        if let Some(fp) = &self.removed_qwen_cli_fp {
-            m.insert("removed_qwen_cli_fp".into(), fp.clone().into());
-        }
-        if let Some(t) = self.qwen_dir_unwritable_warned_at {
-            m.insert("qwen_dir_unwritable_warned_at".into(), t.into());
-        }
-        m.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let mut out = serde_json::to_vec_pretty(&Value::Object(m)).unwrap_or_default();
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
         out.push(b'\n');
         out
     }
@@ -408,15 +473,19 @@ impl Store {
             .join(", ")
     }
 
-    /// The id for a new account: largest numeric id + 1.
+    /// The id for a new account: largest numeric id + 1 (the smallest unused number when a
+    /// hand-edited id is already the largest number there is).
     pub fn next_id(&self) -> String {
-        let max = self
+        let ids: Vec<u64> = self
             .accounts
             .iter()
             .filter_map(|a| a.id.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0);
-        (max + 1).to_string()
+            .collect();
+        let max = ids.iter().copied().max().unwrap_or(0);
+        max.checked_add(1)
+            .or_else(|| (1..).find(|n| !ids.contains(n)))
+            .unwrap_or(1)
+            .to_string()
     }
 
     /// Adds an account, refusing the one past `max_accounts` (exit 2) with the way out.
@@ -495,7 +564,7 @@ impl Account {
             recent_requests_at: None,
             last_error: None,
             last_error_at: None,
-            extra: Map::new(),
+            extra: Extra::default(),
         }
     }
 
@@ -609,85 +678,105 @@ impl Account {
             recent_requests_at,
             last_error,
             last_error_at,
-            extra: f.map,
+            extra: f.map.rest(),
         })
     }
+}
 
-    fn to_value(&self) -> Value {
-        let mut m = Map::new();
-        let mut put = |k: &str, v: Value| {
-            m.insert(k.to_string(), v);
-        };
-        put("id", self.id.clone().into());
-        put("email", self.email.clone().into());
-        put("access_token", self.access_token.expose().into());
-        put("refresh_token", self.refresh_token.expose().into());
-        put("token_type", self.token_type.clone().into());
-        put("resource_url", self.resource_url.clone().into());
-        put("expiry_date", self.expiry_date.into());
-        put("created_at", self.created_at.into());
-        put("last_used_at", self.last_used_at.into());
-        put("total_requests", self.total_requests.into());
-        put("rate_limit_resets_at", self.rate_limit_resets_at.into());
-        put("is_primary", self.is_primary.into());
+impl Serialize for Store {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("version", &self.version)?;
+        m.serialize_entry("max_accounts", &self.max_accounts)?;
+        m.serialize_entry("accounts", &self.accounts)?;
+        m.serialize_entry("current_account_id", &self.current_account_id)?;
+        if self.current_streak != 0 {
+            m.serialize_entry("current_streak", &self.current_streak)?;
+        }
+        if let Some(t) = self.last_background_refresh_at {
+            m.serialize_entry("last_background_refresh_at", &t)?;
+        }
+        if let Some(fp) = &self.removed_qwen_cli_fp {
+            m.serialize_entry("removed_qwen_cli_fp", fp)?;
+        }
+        if let Some(t) = self.qwen_dir_unwritable_warned_at {
+            m.serialize_entry("qwen_dir_unwritable_warned_at", &t)?;
+        }
+        self.extra.write(&mut m)?;
+        m.end()
+    }
+}
+
+impl Serialize for Account {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", &self.id)?;
+        m.serialize_entry("email", &self.email)?;
+        m.serialize_entry("access_token", self.access_token.expose())?;
+        m.serialize_entry("refresh_token", self.refresh_token.expose())?;
+        m.serialize_entry("token_type", &self.token_type)?;
+        m.serialize_entry("resource_url", &self.resource_url)?;
+        m.serialize_entry("expiry_date", &self.expiry_date)?;
+        m.serialize_entry("created_at", &self.created_at)?;
+        m.serialize_entry("last_used_at", &self.last_used_at)?;
+        m.serialize_entry("total_requests", &self.total_requests)?;
+        m.serialize_entry("rate_limit_resets_at", &self.rate_limit_resets_at)?;
+        m.serialize_entry("is_primary", &self.is_primary)?;
         // Fields added by qwen-cred: written only when set, so the seed format stays plain.
         if let Some(r) = &self.rate_limit_reason {
-            put("rate_limit_reason", r.clone().into());
+            m.serialize_entry("rate_limit_reason", r)?;
         }
         if self.consecutive_rate_limits != 0 {
-            put(
-                "consecutive_rate_limits",
-                self.consecutive_rate_limits.into(),
-            );
+            m.serialize_entry("consecutive_rate_limits", &self.consecutive_rate_limits)?;
         }
         if let Some(t) = self.last_rate_limited_at {
-            put("last_rate_limited_at", t.into());
+            m.serialize_entry("last_rate_limited_at", &t)?;
         }
         if self.status == Status::Revoked {
-            put("status", "revoked".into());
+            m.serialize_entry("status", "revoked")?;
         }
         if let Some(r) = &self.status_reason {
-            put("status_reason", r.clone().into());
+            m.serialize_entry("status_reason", r)?;
         }
         if let Some(t) = self.status_changed_at {
-            put("status_changed_at", t.into());
+            m.serialize_entry("status_changed_at", &t)?;
         }
         if let Some(l) = &self.linked_file {
-            put("linked_file", l.clone().into());
+            m.serialize_entry("linked_file", l)?;
         }
         if let Some(fp) = &self.linked_refresh_fp {
-            put("linked_refresh_fp", fp.clone().into());
+            m.serialize_entry("linked_refresh_fp", fp)?;
         }
         if let Some(t) = self.refresh_failed_at {
-            put("refresh_failed_at", t.into());
+            m.serialize_entry("refresh_failed_at", &t)?;
         }
         if let Some(l) = &self.label {
-            put("label", l.clone().into());
+            m.serialize_entry("label", l)?;
         }
         if self.disabled {
-            put("disabled", true.into());
+            m.serialize_entry("disabled", &true)?;
         }
-        put("fingerprint", self.fingerprint.clone().into());
+        m.serialize_entry("fingerprint", &self.fingerprint)?;
         if self.daily_requests != 0 {
-            put("daily_requests", self.daily_requests.into());
+            m.serialize_entry("daily_requests", &self.daily_requests)?;
         }
         if let Some(t) = self.daily_requests_since {
-            put("daily_requests_since", t.into());
+            m.serialize_entry("daily_requests_since", &t)?;
         }
         if self.recent_requests.iter().any(|&n| n != 0) {
-            put("recent_requests", self.recent_requests.to_vec().into());
+            m.serialize_entry("recent_requests", &self.recent_requests)?;
         }
         if let Some(t) = self.recent_requests_at {
-            put("recent_requests_at", t.into());
+            m.serialize_entry("recent_requests_at", &t)?;
         }
         if let Some(e) = &self.last_error {
-            put("last_error", e.clone().into());
+            m.serialize_entry("last_error", e)?;
         }
         if let Some(t) = self.last_error_at {
-            put("last_error_at", t.into());
+            m.serialize_entry("last_error_at", &t)?;
         }
-        m.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Value::Object(m)
+        self.extra.write(&mut m)?;
+        m.end()
     }
 }
 
@@ -707,13 +796,11 @@ pub fn load(path: &Path) -> Result<Store> {
             path.display()
         )));
     }
-    if !meta.is_file() {
-        return Err(Error::File(format!(
-            "{}: is not a regular file",
-            path.display()
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+    let Some((bytes, meta)) =
+        crate::files::read_regular(path, MAX_STORE_BYTES, "an account store")?
+    else {
+        return Ok(Store::empty());
+    };
     let store = Store::parse(&bytes, path)?;
     if meta.permissions().mode() & 0o077 != 0 {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -725,6 +812,10 @@ pub fn load(path: &Path) -> Result<Store> {
     }
     Ok(store)
 }
+
+/// The largest store read: ten accounts take a few KiB, so anything near this is not a store
+/// (and reading it whole would cost seconds and gigabytes on every `token`).
+pub const MAX_STORE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Writes the store atomically. The caller holds the store lock and has re-read the file
 /// under it (files.md, Writing).
@@ -766,4 +857,96 @@ pub fn update_lenient<T>(
         false => Ok(()),
     };
     Ok((out, saved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Store> {
+        Store::parse(text.as_bytes(), Path::new("qwen-accounts.json"))
+    }
+
+    const ACCOUNT: &str = r#"{"id": "1", "access_token": "a", "refresh_token": "r",
+        "expiry_date": 1, "x": 1e400}"#;
+
+    #[test]
+    fn unknown_values_keep_their_text_and_known_ones_are_checked() {
+        let text = format!(
+            r#"{{"big": 18446744073709551616, "accounts": [{ACCOUNT}], "e": 1E+2, "o": {{"k" : [ 1.50 ]}}}}"#
+        );
+        let s = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let out = String::from_utf8(s.to_json()).unwrap_or_default();
+        for kept in [
+            r#""big": 18446744073709551616"#,
+            r#""x": 1e400"#,
+            r#""e": 1E+2"#,
+            r#""o": {"k" : [ 1.50 ]}"#,
+        ] {
+            assert!(out.contains(kept), "{kept}: {out}");
+        }
+        assert_eq!(parse(&out).ok(), Some(s), "a rewrite reads back the same");
+        for (field, value) in [
+            ("expiry_date", "1e400"),
+            ("expiry_date", "18446744073709551616"),
+            ("expiry_date", "1.0"),
+            ("email", "[[[[1]]]]"),
+        ] {
+            let bad = ACCOUNT.replacen(r#""x": 1e400"#, &format!(r#""{field}": {value}"#), 1);
+            let bad = bad.replacen(
+                r#""expiry_date": 1,"#,
+                "",
+                usize::from(field == "expiry_date"),
+            );
+            let e = parse(&format!(r#"{{"accounts": [{bad}]}}"#)).err();
+            assert!(
+                e.as_ref().is_some_and(|e| e
+                    .to_string()
+                    .contains(&format!("accounts[0].{field}: expected"))),
+                "{field} {value}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_keeps_its_place_and_its_last_value() {
+        let s = parse(r#"{"z": 1, "a": 2, "z": 3, "version": "1.0", "version": "1.1"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.version, "1.1");
+        let out = String::from_utf8(s.to_json()).unwrap_or_default();
+        assert!(out.contains("\"z\": 3,\n  \"a\": 2\n}"), "{out}");
+    }
+
+    #[test]
+    fn not_an_object_is_named_as_such() {
+        for (text, says) in [
+            ("[]", "expected a JSON object"),
+            ("\"s\"", "expected a JSON object"),
+            ("{\"accounts\": {}}", "accounts: expected an array"),
+            ("{\"accounts\": null}", "accounts: expected an array"),
+            ("{\"accounts\": [1]}", "accounts[0]: expected an object"),
+            ("{\"a\": 1", "not valid JSON: EOF"),
+            ("{} {}", "not valid JSON: trailing characters"),
+        ] {
+            let e = parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn next_id_never_overflows() {
+        let mut s = Store::empty();
+        assert_eq!(s.next_id(), "1");
+        for id in ["18446744073709551615", "1", "x"] {
+            let mut a = Account::new(
+                Secret::new("a".to_string()),
+                Secret::new("r".to_string()),
+                1,
+                1,
+            );
+            a.id = id.into();
+            s.accounts.push(a);
+        }
+        assert_eq!(s.next_id(), "2");
+    }
 }

@@ -376,14 +376,20 @@ fn config_sources_env_over_file_over_default() {
         "{err}"
     );
 
+    // An unknown key is a warning naming the key meant, not a failure; the value is not used.
     let env = Env::new();
     env.write_config(&json!({"lock_timeout_secs": 1}));
-    let (_, err) = env.expect(&["config"], 6);
+    let (out, err) = env.expect(&["config", "--json"], 0);
     assert!(
-        err.contains("unknown key \"lock_timeout_secs\"") && err.contains("qwen.json"),
+        err.starts_with("qwen-cred: ")
+            && err.lines().count() == 1
+            && err.contains("qwen.json: unknown key \"lock_timeout_secs\" ignored")
+            && err.contains("did you mean \"lock_timeout_seconds\"?"),
         "{err}"
     );
-    // The schema the message points to is there even while the config is broken.
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["lock_timeout_seconds"]["source"], "default");
+    // The schema the warnings point to is there even while the config is broken.
     let (schema, _) = env.expect(&["config", "--schema"], 0);
     assert!(schema.contains("lock_timeout_seconds"));
     env.write_config(&json!({"oauth_base_url": "http://example.com"}));
@@ -406,7 +412,9 @@ fn config_schema_matches_the_defaults() {
         "https://json-schema.org/draft/2020-12/schema"
     );
     assert_eq!(schema["type"], "object");
-    assert_eq!(schema["additionalProperties"], false);
+    // `$schema` and unknown keys are allowed (the latter with a warning): the schema must not
+    // make an editor reject a file qwen-cred accepts.
+    assert!(schema.get("additionalProperties").is_none(), "{schema}");
     let (cfg, _) = env.expect(&["config", "--json"], 0);
     let cfg: Value = serde_json::from_str(&cfg).expect("json");
     let props = schema["properties"].as_object().expect("properties");

@@ -74,6 +74,36 @@ impl Oc {
         path
     }
 
+    /// As [`Oc::logging_bin`], but the first `n` `token` calls each hold their answer until
+    /// all `n` have one: `n` requests sent at once all get the token picked before any of
+    /// them can report a 429.
+    fn barrier_bin(&self, n: usize) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.env.root.join("qwen-cred-barrier");
+        let dir = self.env.root.join("barrier");
+        std::fs::create_dir_all(&dir).expect("barrier dir");
+        let script = format!(
+            r#"#!/bin/sh
+printf '%s\n' "$*" >> '{log}'
+if [ "$1" = token ] && [ ! -e '{dir}/open' ]; then
+  out=$('{bin}' "$@"); code=$?
+  : > '{dir}/done.'$$
+  [ "$(ls '{dir}' | grep -c '^done\.')" -ge {n} ] && : > '{dir}/open'
+  while [ ! -e '{dir}/open' ]; do sleep 0.01; done
+  printf '%s\n' "$out"
+  exit $code
+fi
+exec '{bin}' "$@"
+"#,
+            log = self.env.root.join("argv.log").display(),
+            dir = dir.display(),
+            bin = BIN,
+        );
+        std::fs::write(&path, script).expect("write wrapper");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
     fn argv_log(&self) -> String {
         std::fs::read_to_string(self.env.root.join("argv.log")).unwrap_or_default()
     }
@@ -481,7 +511,10 @@ fn opencode_run_moves_on_when_an_account_is_revoked_mid_request() {
 }
 
 /// Imports the installed plugin with node and runs one step the way OpenCode does; prints one
-/// JSON line per result.
+/// JSON line per result, then `{"toasts": [...]}`: what the plugin asked OpenCode's client to
+/// show. That client records each toast with the time and never answers, so a plugin that
+/// awaited it would hang. `"client": "none"` passes no client, `"throws"` one whose
+/// showToast throws.
 const DRIVER: &str = r#"
 import { pathToFileURL } from "node:url"
 const [plugin, plan] = [process.argv[2], JSON.parse(process.argv[3])]
@@ -489,7 +522,13 @@ const say = (o) => console.log(JSON.stringify(o))
 const mod = await import(pathToFileURL(plugin).href)
 const fns = Object.values(mod).filter((f) => typeof f === "function")
 if (fns.length !== 1) throw new Error(`the plugin exports ${fns.length} functions`)
-const hooks = await fns[0]({})
+const toasts = []
+const clients = {
+  record: { tui: { showToast: (o) => (toasts.push({ ...o.body, at: Date.now() }), new Promise(() => {})) } },
+  none: undefined,
+  throws: { tui: { showToast: () => { throw new Error("no TUI") } } },
+}
+const hooks = await fns[0]({ client: clients[plan.client || "record"] })
 const auth = hooks.auth
 try {
   if (plan.step === "describe") {
@@ -521,31 +560,49 @@ try {
           yield bytes(text.slice(half))
         })(),
     }
-    const body = bodies[plan.body || "string"]()
-    const res = await opts.fetch(plan.base + "/chat/completions", {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: "Bearer " },
-      body,
-      ...(typeof body === "string" ? {} : { duplex: "half" }),
-    })
-    say({ status: res.status, body: await res.text() })
+    const one = async () => {
+      const body = bodies[plan.body || "string"]()
+      const res = await opts.fetch(plan.base + "/chat/completions", {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: "Bearer " },
+        body,
+        ...(typeof body === "string" ? {} : { duplex: "half" }),
+      })
+      return { status: res.status, body: await res.text(), done: Date.now() }
+    }
+    // `concurrent` requests at once, as OpenCode sends a title and a reply together.
+    const results = await Promise.all(Array.from({ length: plan.concurrent || 1 }, one))
+    for (const r of results) say(r)
   }
 } catch (e) {
   say({ error: String(e && e.message), name: e && e.name })
 }
+say({ toasts })
 "#;
 
 fn node_step(oc: &Oc, node: &Path, plan: Value) -> Vec<Value> {
+    node_step_with(oc, node, &oc.logging_bin(), plan)
+}
+
+/// [`node_step`] with this program as `QWEN_CRED_BIN`.
+fn node_step_with(oc: &Oc, node: &Path, bin: &Path, plan: Value) -> Vec<Value> {
     let driver = oc.env.root.join("driver.mjs");
     std::fs::write(&driver, DRIVER).expect("write driver");
-    let bin = oc.logging_bin();
-    let mut cmd = oc.command(node, &bin);
+    let mut cmd = oc.command(node, bin);
     cmd.arg(&driver).arg(oc.plugin_path()).arg(plan.to_string());
     let (code, out, err) = oc.run(cmd, "node");
     assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}\nstderr: {err}")))
         .collect()
+}
+
+/// The toasts a [`node_step`] recorded (its last line).
+fn toasts_of(r: &[Value]) -> Vec<Value> {
+    r.last()
+        .and_then(|l| l["toasts"].as_array())
+        .cloned()
+        .unwrap_or_else(|| panic!("no toasts line: {r:?}"))
 }
 
 fn refresh_tokens(store: &Value) -> Vec<String> {
@@ -559,30 +616,107 @@ fn refresh_tokens(store: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `opencode auth login`'s side of the plugin: prompts, authorize (URL and code), callback.
+/// A `BROWSER` that records the URL it was asked to open.
+fn recording_browser(oc: &mut Oc) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let log = oc.env.root.join("browser.log");
+    let path = oc.env.root.join("browser");
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{}'\n", log.display()),
+    )
+    .expect("write browser");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    oc.env.set("BROWSER", &path.to_string_lossy());
+    log
+}
+
+/// The values of a select prompt's options.
+fn option_values(prompt: &Value) -> Vec<&str> {
+    prompt["options"]
+        .as_array()
+        .map(|o| o.iter().filter_map(|x| x["value"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// The login menu as the plugin's auth method gives it to `opencode auth login`: the pool
+/// (how many accounts, each one's email and state) in the first prompt; add, replace and remove
+/// (picked from the list, not typed), start fresh.
 #[test]
-fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
+fn oauth_method_prompts_show_the_pool_and_offer_picks_from_it() {
     let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
         return;
     };
     let mock = Mock::start();
-    let oc = Oc::new(&mock);
+    let mut oc = Oc::new(&mock);
+    oc.env.set("TZ", "UTC");
     oc.env.expect(&["opencode", "install"], 0);
 
     let d = node_step(&oc, &node, json!({"step": "describe"}));
     assert_eq!(d[0]["provider"], "qwen");
     let m = &d[0]["methods"][0];
     assert_eq!(m["type"], "oauth");
-    assert_eq!(m["prompts"][0]["type"], "select");
-    let values: Vec<&str> = m["prompts"][0]["options"]
-        .as_array()
-        .map(|o| o.iter().filter_map(|x| x["value"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(values, ["add", "fresh", "replace"]);
+    let prompts = m["prompts"].as_array().expect("prompts");
+    assert_eq!(prompts.len(), 1, "{prompts:?}");
+    assert_eq!(prompts[0]["type"], "select");
     assert_eq!(
-        m["prompts"][1]["when"],
-        json!({"key": "mode", "op": "eq", "value": "replace"})
+        prompts[0]["message"],
+        "Qwen accounts in qwen-cred: none yet"
     );
+    assert_eq!(option_values(&prompts[0]), ["add"]);
+
+    let mut store = util::store_with(3);
+    let cools = now_ms() + 3 * 3_600_000;
+    store["accounts"][1]["rate_limit_resets_at"] = json!(cools);
+    store["accounts"][1]["rate_limit_reason"] = json!("quota");
+    store["accounts"][2]["status"] = json!("revoked");
+    oc.write_store(&store);
+    let d = node_step(&oc, &node, json!({"step": "describe"}));
+    let prompts = d[0]["methods"][0]["prompts"].as_array().expect("prompts");
+    assert_eq!(prompts.len(), 3, "{prompts:?}");
+    let head = prompts[0]["message"].as_str().unwrap_or_default();
+    let lines: Vec<&str> = head.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "Qwen accounts in qwen-cred: 3",
+            "- 1  user1@example.com  current",
+            &format!(
+                "- 2  user2@example.com  cooling down until {} (quota)",
+                utc_clock(cools)
+            ),
+            "- 3  user3@example.com  revoked: sign in as it again to revive it",
+        ],
+        "{head}"
+    );
+    assert_eq!(
+        option_values(&prompts[0]),
+        ["add", "replace", "remove", "fresh"]
+    );
+    for (p, key) in prompts[1..].iter().zip(["replace", "remove"]) {
+        assert_eq!(p["type"], "select", "{p}");
+        assert_eq!(p["key"], key);
+        assert_eq!(p["when"], json!({"key": "mode", "op": "eq", "value": key}));
+        assert_eq!(option_values(p), ["1", "2", "3"]);
+        assert_eq!(p["options"][0]["label"], "1  user1@example.com");
+        assert_eq!(
+            p["options"][2]["hint"],
+            "revoked: sign in as it again to revive it"
+        );
+    }
+}
+
+/// `opencode auth login`'s side of the plugin: authorize (URL and code; the browser opened),
+/// callback, each choice of the menu, and a failed login that says why.
+#[test]
+fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let mut oc = Oc::new(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+    let browser = recording_browser(&mut oc);
 
     // Empty pool: add.
     mock.push_approval(mock.approval(Some("new@example.com")));
@@ -612,6 +746,12 @@ fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
     let s = oc.read_store();
     assert_eq!(s["accounts"].as_array().map(Vec::len), Some(1));
     assert_eq!(s["accounts"][0]["email"], "new@example.com");
+    // qwen-cred opened the browser on the link, as `qwen-cred login` does.
+    assert_eq!(
+        std::fs::read_to_string(&browser).unwrap_or_default(),
+        format!("{url}\n")
+    );
+    assert!(!oc.argv_log().contains("--no-browser"), "{}", oc.argv_log());
 
     // Full pool: "add" explains the choices and changes nothing; "replace" and "fresh" work.
     oc.write_store(&util::store_with(10));
@@ -622,7 +762,7 @@ fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
     );
     let msg = r[0]["error"].as_str().unwrap_or_default();
     assert!(
-        msg.contains("Replace one account") && msg.contains("Start fresh"),
+        msg.contains("Replace an account") && msg.contains("Start fresh"),
         "{r:?}"
     );
     assert_eq!(refresh_tokens(&oc.read_store()).len(), 10);
@@ -632,12 +772,35 @@ fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
         &node,
         json!({"step": "login", "inputs": {"mode": "replace", "replace": "3"}}),
     );
+    assert!(
+        r[0]["instructions"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("in place of account 3"),
+        "{r:?}"
+    );
     assert_eq!(r[1]["result"]["type"], "success", "{r:?}");
     let rts = refresh_tokens(&oc.read_store());
     assert_eq!(rts.len(), 10);
     assert!(!rts.contains(&"rt-3".to_string()), "{rts:?}");
     let newest = mock.state(|s| s.issued.last().map(|i| i.refresh_token.clone()));
     assert!(newest.is_some_and(|t| rts.contains(&t)));
+
+    // Remove: no login; OpenCode shows what was removed and what is left.
+    let r = node_step(
+        &oc,
+        &node,
+        json!({"step": "login", "inputs": {"mode": "remove", "remove": "2"}}),
+    );
+    assert_eq!(r[0]["url"], "", "{r:?}");
+    assert_eq!(
+        r[0]["instructions"],
+        "Removed account 2 (user2@example.com) from qwen-cred's pool; 9 left."
+    );
+    assert_eq!(r[1]["result"]["type"], "success", "{r:?}");
+    let rts = refresh_tokens(&oc.read_store());
+    assert_eq!(rts.len(), 9);
+    assert!(!rts.contains(&"rt-2".to_string()), "{rts:?}");
 
     let r = node_step(
         &oc,
@@ -647,7 +810,8 @@ fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
     assert_eq!(r[1]["result"]["type"], "success", "{r:?}");
     assert_eq!(refresh_tokens(&oc.read_store()).len(), 1);
 
-    // A denied login: the URL is shown, then the callback reports failure.
+    // A denied login: the URL is shown, then the callback fails saying why (OpenCode prints
+    // "Failed to authorize: " and the message), and a toast says it too.
     mock.push_approval(Approval {
         outcome: Outcome::Deny,
         ..Approval::default()
@@ -658,11 +822,19 @@ fn oauth_method_drives_qwen_cred_login_through_authorize_and_callback() {
         json!({"step": "login", "inputs": {"mode": "add"}}),
     );
     assert_eq!(r[0]["method"], "auto", "{r:?}");
-    assert_eq!(r[1]["result"], json!({"type": "failed"}));
+    assert_eq!(r[1]["name"], "QwenCredError", "{r:?}");
+    let why = r[1]["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("login failed") && why.contains("denied"),
+        "{why}"
+    );
+    let toasts = toasts_of(&r);
+    assert_eq!(toasts.len(), 1, "{toasts:?}");
+    assert_eq!(toasts[0]["variant"], "error");
+    assert_eq!(toasts[0]["message"], why);
     assert_eq!(refresh_tokens(&oc.read_store()).len(), 1);
-    assert!(oc
-        .argv_log()
-        .contains("login --json --no-browser --replace 3"));
+    assert!(oc.argv_log().contains("login --json --replace 3"));
+    assert!(oc.argv_log().contains("remove 2"));
 }
 
 /// The loader's fetch without OpenCode: a 401 costs one forced refresh; a 403 quota text and
@@ -798,6 +970,8 @@ fn plugin_fetch_moves_to_the_next_account_when_the_first_is_revoked() {
     assert!(log.contains("refresh --account 1 --force"), "{log}");
     assert!(log.contains("refresh --account 2 --force"), "{log}");
     assert_no_token_in_argv(&oc, &["at-1", "at-2", "rt-1", "rt-2", &sent[2]]);
+    // One toast says which account is gone and how to get it back.
+    assert_revoked_toast(&r, "account 1 (user1@example.com)");
 
     // With every account revoked, `token` has nothing left: the error says to log in.
     mock.expire_access(&sent[2]);
@@ -815,6 +989,44 @@ fn plugin_fetch_moves_to_the_next_account_when_the_first_is_revoked() {
     for a in s["accounts"].as_array().expect("accounts") {
         assert_eq!(a["status"], "revoked", "{a}");
     }
+    assert_revoked_toast(&r, "account 2 (user2@example.com)");
+}
+
+/// Exactly one toast, an error naming `who` and "opencode auth login".
+fn assert_revoked_toast(r: &[Value], who: &str) {
+    let toasts = toasts_of(r);
+    assert_eq!(toasts.len(), 1, "{toasts:?}");
+    let t = &toasts[0];
+    assert_eq!(t["variant"], "error", "{t}");
+    let msg = t["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(who) && msg.contains("revoked") && msg.contains("opencode auth login"),
+        "{msg}"
+    );
+}
+
+/// `token` itself finds account 1's refresh token dead (its token expired): the request is
+/// served by account 2, and a toast says account 1 was revoked.
+#[test]
+fn plugin_toasts_an_account_that_token_finds_revoked() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    let (_, _, mut store) = two_accounts(&mock);
+    store["accounts"][0]["expiry_date"] = json!(now_ms() - 1000);
+    mock.revoke_refresh("rt-1");
+    oc.write_store(&store);
+    oc.env.expect(&["opencode", "install"], 0);
+    let plan = json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()),
+        "auth": AUTH_MARKER});
+    let r = node_step(&oc, &node, plan);
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert_eq!(bearers(&mock), ["at-2"]);
+    assert_eq!(oc.read_store()["accounts"][0]["status"], "revoked");
+    assert!(!oc.argv_log().contains("refresh"), "{}", oc.argv_log());
+    assert_revoked_toast(&r, "account 1 (user1@example.com)");
 }
 
 /// A 401 whose forced refresh fails because the sign-in server is down: the request goes to
@@ -972,29 +1184,14 @@ impl Drop for Tmux<'_> {
     }
 }
 
-/// `opencode auth login` for real, under tmux: pick Qwen, "Add an account", and OpenCode shows
-/// the mock's URL, waits for the approval and stores the marker in its auth.json.
-#[test]
-fn opencode_auth_login_adds_an_account_under_tmux() {
-    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
-        return;
-    };
-    let Some(tmux) = program("QWEN_CRED_TEST_TMUX", "tmux") else {
-        return;
-    };
-    let mock = Mock::start();
-    let oc = Oc::new(&mock);
-    oc.env.expect(&["opencode", "install"], 0);
-    link_plugin_package(&oc.dir);
-    mock.push_approval(Approval {
-        pending_polls: 2,
-        ..mock.approval(Some("tmux@example.com"))
-    });
-
+/// `opencode auth login` under tmux in `oc`'s environment, up to the plugin's first prompt
+/// (the pool); `expect` is a line that prompt must show. Each `run` gets its own tmux server:
+/// one just killed may still hold its socket.
+fn auth_login<'a>(oc: &'a Oc, opencode: &Path, tmux: PathBuf, run: &str, expect: &str) -> Tmux<'a> {
     let t = Tmux {
-        oc: &oc,
+        oc,
         tmux,
-        socket: oc.env.root.join("tmux.sock"),
+        socket: oc.env.root.join(format!("tmux-{run}.sock")),
     };
     let script = format!(
         "'{}' auth login; echo \"opencode exited: $?\"; sleep 120",
@@ -1018,6 +1215,37 @@ fn opencode_auth_login_adds_an_account_under_tmux() {
     t.cmd(&["send-keys", "-t", "oc", "qwen"]);
     t.wait_for("(1 match)", 30);
     t.cmd(&["send-keys", "-t", "oc", "Enter"]);
+    t.wait_for(expect, 30);
+    t
+}
+
+/// `opencode auth login` for real, under tmux: pick Qwen, see the empty pool, "Add an
+/// account", and OpenCode shows the mock's URL, waits for the approval and stores the marker
+/// in its auth.json.
+#[test]
+fn opencode_auth_login_adds_an_account_under_tmux() {
+    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
+        return;
+    };
+    let Some(tmux) = program("QWEN_CRED_TEST_TMUX", "tmux") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+    link_plugin_package(&oc.dir);
+    mock.push_approval(Approval {
+        pending_polls: 2,
+        ..mock.approval(Some("tmux@example.com"))
+    });
+
+    let t = auth_login(
+        &oc,
+        &opencode,
+        tmux,
+        "add",
+        "Qwen accounts in qwen-cred: none yet",
+    );
     t.wait_for("Add an account", 30);
     t.cmd(&["send-keys", "-t", "oc", "Enter"]);
     let screen = t.wait_for("opencode exited: 0", 90);
@@ -1036,5 +1264,410 @@ fn opencode_auth_login_adds_an_account_under_tmux() {
     let s = oc.read_store();
     assert_eq!(s["accounts"].as_array().map(Vec::len), Some(1));
     assert_eq!(s["accounts"][0]["email"], "tmux@example.com");
-    assert!(oc.argv_log().contains("login --json --no-browser"));
+    assert!(oc.argv_log().contains("login --json"));
+}
+
+/// The menu of the real `opencode auth login` with accounts in the pool: it lists them with
+/// their state; "Replace an account" and "Remove an account" pick from that list with the
+/// arrow keys; a denied login ends with OpenCode saying why.
+#[test]
+fn opencode_auth_login_shows_the_pool_and_replaces_or_removes_a_picked_account() {
+    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
+        return;
+    };
+    let Some(tmux) = program("QWEN_CRED_TEST_TMUX", "tmux") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+    link_plugin_package(&oc.dir);
+    let mut store = util::store_with(3);
+    store["accounts"][1]["rate_limit_resets_at"] = json!(now_ms() + 3_600_000);
+    store["accounts"][1]["rate_limit_reason"] = json!("quota");
+    oc.write_store(&store);
+    let emails = |oc: &Oc| -> Vec<String> {
+        oc.read_store()["accounts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["email"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // Replace account 2, picked as the second entry of the list.
+    mock.push_approval(mock.approval(Some("picked@example.com")));
+    let t = auth_login(
+        &oc,
+        &opencode,
+        tmux.clone(),
+        "replace",
+        "Qwen accounts in qwen-cred: 3",
+    );
+    let screen = t.wait_for("Start fresh", 30);
+    assert!(screen.contains("1  user1@example.com  current"), "{screen}");
+    assert!(
+        screen.contains("2  user2@example.com  cooling down until"),
+        "{screen}"
+    );
+    assert!(screen.contains("3  user3@example.com  ok"), "{screen}");
+    t.cmd(&["send-keys", "-t", "oc", "Down", "Enter"]);
+    t.wait_for("Account to replace", 30);
+    t.cmd(&["send-keys", "-t", "oc", "Down", "Enter"]);
+    let screen = t.wait_for("opencode exited: 0", 90);
+    assert!(screen.contains("Login successful"), "{screen}");
+    assert!(screen.contains("in place of account 2"), "{screen}");
+    assert_eq!(
+        emails(&oc),
+        [
+            "user1@example.com",
+            "picked@example.com",
+            "user3@example.com"
+        ]
+    );
+    drop(t);
+
+    // Remove account 1, the first entry.
+    let t = auth_login(
+        &oc,
+        &opencode,
+        tmux.clone(),
+        "remove",
+        "Qwen accounts in qwen-cred: 3",
+    );
+    t.wait_for("Start fresh", 30);
+    t.cmd(&["send-keys", "-t", "oc", "Down", "Down", "Enter"]);
+    t.wait_for("Account to remove", 30);
+    t.cmd(&["send-keys", "-t", "oc", "Enter"]);
+    let screen = t.wait_for("opencode exited: 0", 60);
+    assert!(
+        screen.contains("Removed account 1 (user1@example.com) from qwen-cred's pool; 2 left."),
+        "{screen}"
+    );
+    assert_eq!(emails(&oc), ["picked@example.com", "user3@example.com"]);
+    drop(t);
+
+    // A denied login: OpenCode's "Failed to authorize" says why.
+    mock.push_approval(Approval {
+        outcome: Outcome::Deny,
+        ..Approval::default()
+    });
+    let t = auth_login(
+        &oc,
+        &opencode,
+        tmux,
+        "deny",
+        "Qwen accounts in qwen-cred: 2",
+    );
+    t.wait_for("Start fresh", 30);
+    t.cmd(&["send-keys", "-t", "oc", "Enter"]);
+    let screen = t.wait_for("opencode exited: 1", 90);
+    assert!(
+        screen.contains("Failed to authorize: Qwen: login failed: "),
+        "{screen}"
+    );
+    assert!(screen.contains("denied"), "{screen}");
+    assert_eq!(emails(&oc), ["picked@example.com", "user3@example.com"]);
+}
+
+/// The local wall-clock time "HH:MM" the plugin shows for `ms` with TZ=UTC.
+fn utc_clock(ms: i64) -> String {
+    let rfc = time_rfc3339(ms);
+    rfc.get(11..16).unwrap_or_default().to_string()
+}
+
+/// Issue 11: three requests sent at once all get account 1's token and all hit its daily
+/// quota; each reports it, and the requests move to account 2. The user gets one toast, not
+/// three: which account now serves, which one cools, why and until when.
+#[test]
+fn plugin_toasts_once_when_concurrent_requests_move_to_the_next_account() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let mut oc = Oc::new(&mock);
+    oc.env.set("TZ", "UTC");
+    let (a1, _, store) = two_accounts(&mock);
+    oc.write_store(&store);
+    oc.env.expect(&["opencode", "install"], 0);
+    for _ in 0..3 {
+        mock.api_script_for(a1, ApiReply::QuotaExceeded);
+    }
+    let plan = json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()),
+        "auth": AUTH_MARKER, "concurrent": 3});
+
+    let before = now_ms();
+    let r = node_step_with(&oc, &node, &oc.barrier_bin(3), plan);
+    for res in &r[1..4] {
+        assert_eq!(res["status"], 200, "{r:?}");
+        assert!(res["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hello from account 2"));
+    }
+    // All three really hit the 429 and reported it.
+    assert_eq!(bearers(&mock)[..3], ["at-1", "at-1", "at-1"]);
+    let log = oc.argv_log();
+    assert_eq!(
+        log.matches("report-429 --account 1 --body - --json")
+            .count(),
+        3,
+        "{log}"
+    );
+
+    let toasts = toasts_of(&r);
+    assert_eq!(toasts.len(), 1, "{toasts:?}");
+    let t = &toasts[0];
+    assert_eq!(t["variant"], "info", "{t}");
+    assert!(
+        t["title"].as_str().unwrap_or_default().contains("switched"),
+        "{t}"
+    );
+    let msg = t["message"].as_str().unwrap_or_default();
+    for want in [
+        "Now using account 2 (user2@example.com)",
+        "account 1 (user1@example.com) is out of its daily quota",
+        &format!("until {}", utc_clock(next_daily_reset(before))),
+    ] {
+        assert!(msg.contains(want), "{msg:?} should say {want:?}");
+    }
+}
+
+/// The plugin reads `quiet_mode` from qwen-cred's config: on, a move to another account shows
+/// no toast. Without a client, or with one whose showToast throws (no TUI), requests work as
+/// before.
+#[test]
+fn plugin_is_quiet_in_quiet_mode_and_works_without_a_tui() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    let (a1, _, store) = two_accounts(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+    for client in ["record", "none", "throws"] {
+        oc.write_store(&store);
+        mock.api_script_for(a1, ApiReply::QuotaExceeded);
+        let plan = json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()),
+            "auth": AUTH_MARKER, "client": client});
+        let r = node_step(&oc, &node, plan.clone());
+        assert_eq!(r[1]["status"], 200, "{client}: {r:?}");
+        assert_eq!(oc.read_store()["current_account_id"], "2");
+        assert_eq!(
+            toasts_of(&r).len(),
+            usize::from(client == "record"),
+            "{r:?}"
+        );
+    }
+
+    std::fs::write(oc.dir.join("qwen.json"), r#"{"quiet_mode": true}"#).expect("write config");
+    oc.write_store(&store);
+    mock.api_script_for(a1, ApiReply::QuotaExceeded);
+    let plan = json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()),
+        "auth": AUTH_MARKER});
+    let r = node_step(&oc, &node, plan);
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert_eq!(oc.read_store()["current_account_id"], "2");
+    assert_eq!(toasts_of(&r), Vec::<Value>::new());
+    assert!(oc.argv_log().contains("config --json"));
+}
+
+/// Every account cooling down for a short while: the plugin says it waits, and for how long,
+/// before the wait starts (the toast comes at least a second before the request is answered),
+/// whether `report-429` or `token` does the waiting.
+#[test]
+fn plugin_toasts_a_wait_for_a_cooldown_before_it_starts() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let mut oc = Oc::new(&mock);
+    oc.env
+        .set("QWEN_CRED_RETRY_SAME_ACCOUNT_THRESHOLD_SECONDS", "0");
+    let a1 = mock.add_account("rt-1", "at-1");
+    let mut store = util::store_with(1);
+    store["accounts"][0]["resource_url"] = json!(mock.base_url());
+    oc.write_store(&store);
+    oc.env.expect(&["opencode", "install"], 0);
+    let plan = json!({"step": "fetch", "base": format!("{}/v1", mock.base_url()),
+        "auth": AUTH_MARKER});
+
+    // report-429 waits: the only account says "retry after 2 s".
+    mock.api_script_for(
+        a1,
+        ApiReply::RateLimited {
+            retry_after: Some("2".into()),
+        },
+    );
+    let r = node_step(&oc, &node, plan.clone());
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert_eq!(bearers(&mock), ["at-1", "at-1"]);
+    let toasts = toasts_of(&r);
+    assert_eq!(toasts.len(), 1, "{toasts:?}");
+    let t = &toasts[0];
+    assert_eq!(t["variant"], "warning", "{t}");
+    let msg = t["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("cooling down")
+            && msg.contains("Waiting 2 s (until ")
+            && msg.contains("then account 1 (user1@example.com) serves"),
+        "{msg}"
+    );
+    let early = r[1]["done"].as_i64().unwrap_or(0) - t["at"].as_i64().unwrap_or(i64::MAX);
+    assert!(early >= 1000, "the toast came {early} ms before the answer");
+
+    // token waits: the account is still cooling down for 2 s when the request starts.
+    let mut store = oc.read_store();
+    store["accounts"][0]["rate_limit_resets_at"] = json!(now_ms() + 2000);
+    store["accounts"][0]["last_rate_limited_at"] = json!(now_ms());
+    oc.write_store(&store);
+    let r = node_step(&oc, &node, plan);
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    let toasts = toasts_of(&r);
+    assert_eq!(toasts.len(), 1, "{toasts:?}");
+    assert_eq!(toasts[0]["variant"], "warning");
+    assert!(
+        toasts[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Waiting "),
+        "{toasts:?}"
+    );
+    let early = r[1]["done"].as_i64().unwrap_or(0) - toasts[0]["at"].as_i64().unwrap_or(i64::MAX);
+    assert!(early >= 1000, "the toast came {early} ms before the answer");
+}
+
+/// The keys of `report-429 --json`, in the order the man page lists them.
+const DECISION_KEYS: [&str; 9] = [
+    "account_id",
+    "email",
+    "decision",
+    "reason",
+    "cooling_until",
+    "next_account_id",
+    "next_email",
+    "next_at",
+    "wait_ms",
+];
+
+fn decision(out: &str) -> Value {
+    assert_eq!(out.lines().count(), 1, "one line: {out}");
+    let v: Value = serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let keys: Vec<&str> = v
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(keys, DECISION_KEYS, "{out}");
+    v
+}
+
+/// `report-429 --json`: what the plugin reads instead of guessing. One shape for every
+/// decision: cooled (and until when, why), a duplicate of the report that set the cooldown, a
+/// short wait on the same account; the next account and from when; how long it waits.
+#[test]
+fn report_429_json_says_what_it_decided_before_it_waits() {
+    let mut env = Env::new();
+    env.set("QWEN_CRED_QUOTA_RESET_UTC_OFFSET", "+00:00");
+    env.write_store(&util::store_with(2));
+    let body = env.root.join("quota.json");
+    std::fs::write(&body, r#"{"error":{"code":"insufficient_quota"}}"#).expect("write body");
+    let body = body.to_string_lossy().to_string();
+
+    let (out, _) = env.expect(&["report-429", "--json", "--body", &body], 0);
+    let d = decision(&out);
+    let midnight = time_rfc3339((now_ms() / 86_400_000 + 1) * 86_400_000);
+    assert_eq!(d["account_id"], "1");
+    assert_eq!(d["email"], "user1@example.com");
+    assert_eq!(d["decision"], "cooled");
+    assert_eq!(d["reason"], "quota");
+    assert_eq!(d["cooling_until"], midnight.as_str());
+    assert_eq!(d["next_account_id"], "2");
+    assert_eq!(d["next_email"], "user2@example.com");
+    assert_eq!(d["wait_ms"], 0);
+    let next_at = d["next_at"].as_str().unwrap_or_default().to_string();
+    assert!(next_at <= time_rfc3339(now_ms()), "{next_at}: now");
+
+    // The same 429 seen by a request in flight: nothing changes, and it says so.
+    let (out, _) = env.expect(
+        &["report-429", "--json", "--account", "1", "--body", &body],
+        0,
+    );
+    let d = decision(&out);
+    assert_eq!(d["decision"], "already_cooling");
+    assert_eq!(d["reason"], "quota");
+    assert_eq!(d["cooling_until"], midnight.as_str());
+    assert_eq!(d["next_account_id"], "2");
+
+    // A short Retry-After: retry the same account after the wait; nothing cools.
+    let (out, _) = env.expect(
+        &[
+            "report-429",
+            "--json",
+            "--account",
+            "2",
+            "--retry-after",
+            "1",
+            "--no-wait",
+        ],
+        0,
+    );
+    let d = decision(&out);
+    assert_eq!(d["decision"], "retry_same");
+    assert_eq!(d["reason"], Value::Null);
+    assert_eq!(d["cooling_until"], Value::Null);
+    assert_eq!(d["next_account_id"], "2");
+    assert_eq!(d["wait_ms"], 0, "--no-wait never waits");
+
+    // Every account cooling down past the wait limit: exit 4, and the line still says which
+    // account is free first, and when.
+    let (out, err) = env.expect(
+        &[
+            "report-429",
+            "--json",
+            "--account",
+            "2",
+            "--retry-after",
+            "600",
+            "--no-wait",
+        ],
+        4,
+    );
+    let d = decision(&out);
+    assert_eq!(d["decision"], "cooled");
+    assert_eq!(d["reason"], "retry-after");
+    assert_eq!(d["next_account_id"], "2");
+    assert_eq!(d["next_at"], d["cooling_until"]);
+    assert_eq!(d["wait_ms"], 0);
+    assert!(err.contains("cooling down"), "{err}");
+
+    // A wait within max_rate_limit_wait_seconds: the line comes first, then the wait.
+    env.set("QWEN_CRED_RETRY_SAME_ACCOUNT_THRESHOLD_SECONDS", "0");
+    env.write_store(&util::store_with(1));
+    let mut child = env
+        .cmd(&["report-429", "--json", "--retry-after", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start report-429");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read the decision");
+    assert_eq!(
+        child.try_wait().expect("try_wait"),
+        None,
+        "printed before the wait"
+    );
+    let d = decision(&line);
+    assert_eq!(d["decision"], "cooled");
+    assert_eq!(d["next_account_id"], "1");
+    assert_eq!(d["next_at"], d["cooling_until"]);
+    let wait = d["wait_ms"].as_i64().unwrap_or(0);
+    assert!((1000..=2000).contains(&wait), "{d}");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
 }

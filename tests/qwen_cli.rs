@@ -205,18 +205,33 @@ fn a_live_qwen_cli_lock_makes_us_wait_and_times_out_naming_it() {
     assert_eq!(mock.count_refreshes(), 0);
     assert!(cli_lock(&env).exists());
 
-    // Released after a while: we wait for it, then refresh.
+    // Released while we wait for it (once we say so): then we refresh.
     env.set("QWEN_CRED_LOCK_TIMEOUT_SECONDS", "30");
-    let lock = cli_lock(&env);
-    let start = Instant::now();
-    let releaser = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(700));
-        fs::remove_file(lock).expect("release");
-    });
-    let (out, err) = env.expect(&["token"], 0);
-    releaser.join().expect("releaser");
-    assert!(start.elapsed() >= Duration::from_millis(650));
+    let mut child = env
+        .cmd(&["token"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut err = String::new();
+    while !err.contains("waiting for lock on") {
+        use std::io::BufRead;
+        if stderr.read_line(&mut err).expect("read stderr") == 0 {
+            break;
+        }
+    }
     assert!(err.contains("waiting for lock on"), "{err}");
+    assert_eq!(
+        mock.count_refreshes(),
+        0,
+        "nothing sent while the lock is held"
+    );
+    fs::remove_file(cli_lock(&env)).expect("release");
+    std::io::Read::read_to_string(&mut stderr, &mut err).expect("read stderr");
+    let o = child.wait_with_output().expect("wait");
+    assert!(o.status.success(), "{err}");
+    let out = crate::util::text(&o.stdout);
     assert_eq!(read_cli_file(&env)["access_token"], out.trim());
     assert_eq!(mock.count_refreshes(), 1);
 }

@@ -341,8 +341,7 @@ const CORPUS: &[(&str, [i32; 3], &str)] = &[
     ("store-trailing-garbage.json", [6; 3], "not valid JSON: trailing characters"),
     ("store-two-documents.json", [6; 3], "not valid JSON: trailing characters"),
     ("store-nul-byte.json", [6; 3], "not valid JSON"),
-    ("store-deep-nesting.json", [6; 3], "not valid JSON: recursion limit"),
-    ("store-number-out-of-range.json", [6; 3], "number out of range"),
+    ("store-number-out-of-range.json", [6; 3], "max_accounts: expected a number from 1 to 10"),
     ("store-top-array.json", [6; 3], "expected a JSON object"),
     ("store-top-null.json", [6; 3], "expected a JSON object"),
     ("store-top-string.json", [6; 3], "expected a JSON object"),
@@ -403,6 +402,8 @@ const CORPUS: &[(&str, [i32; 3], &str)] = &[
     ("store-negative-last-used.json", [6; 3], "accounts[1].last_used_at: expected a number"),
     ("store-negative-total-requests.json", [6; 3], "accounts[1].total_requests: expected"),
     // Empty is an empty pool (files.md): list works, token has no account, use knows no "1".
+    // So is a pool whose only other field is another tool's 300-deep array: kept as it is.
+    ("store-deep-nesting.json", [0, 3, 2], ""),
     ("store-empty.json", [0, 3, 2], ""),
     ("store-whitespace.json", [0, 3, 2], ""),
     // Configs.
@@ -410,8 +411,10 @@ const CORPUS: &[(&str, [i32; 3], &str)] = &[
     ("config-top-array.json", [6; 3], "expected a JSON object"),
     ("config-bom.json", [6; 3], "byte order mark"),
     ("config-invalid-utf8.json", [6; 3], "not valid UTF-8"),
-    ("config-unknown-key.json", [6; 3], "unknown key \"lock_timeout\""),
-    ("config-store-key.json", [6; 3], "unknown key \"max_accounts\""),
+    // Unknown keys are a warning naming the nearest known key, not a failure (issue 9).
+    ("config-unknown-key.json", [0; 3], "unknown key \"lock_timeout\" ignored; did you mean \"lock_timeout_seconds\"?"),
+    ("config-store-key.json", [0; 3], "unknown key \"max_accounts\" ignored (the nearest known key is"),
+    ("config-schema-key.json", [0; 3], ""),
     ("config-strategy-unknown.json", [6; 3], "account_selection_strategy: invalid value \"random\""),
     ("config-strategy-null.json", [6; 3], "account_selection_strategy: invalid value \"null\""),
     ("config-timeout-negative.json", [6; 3], "lock_timeout_seconds: invalid value \"-1\""),
@@ -450,6 +453,20 @@ fn check_commands(
         .zip(codes)
     {
         let (out, err) = env.expect(args, code);
+        // A config that is accepted says nothing, or, with a warning, says so once on one line.
+        if code == 0 && needle.is_empty() && what.starts_with("config-") {
+            assert_eq!(err, "", "{what}: {args:?}");
+        }
+        if code == 0 && !needle.is_empty() {
+            assert!(
+                err.contains(needle) && err.contains(names),
+                "{what}: {args:?}: {err}"
+            );
+            assert!(
+                err.starts_with("qwen-cred: ") && err.lines().count() == 1,
+                "{what}: {err}"
+            );
+        }
         if code == 6 {
             assert!(err.contains(needle), "{what}: {args:?}: {err}");
             assert!(
@@ -576,7 +593,7 @@ fn directories_and_symlinks_instead_of_files() {
         &env,
         "config dir",
         [6; 3],
-        "cannot read",
+        "is not a regular file (a directory)",
         "qwen.json",
         &[env.store_path()],
     );
@@ -1118,4 +1135,391 @@ fn login_retries_poll_faults_and_a_failing_device_endpoint_is_exit_5() {
             "{fault:?}: polled again after the fault"
         );
     }
+}
+
+// --- hostile files, huge numbers, stdout (issue 9) ---
+
+/// Runs qwen-cred with `args` under a 1 GiB address-space limit and waits at most `secs`:
+/// a regression that blocks (a FIFO) or reads without end (/dev/zero) fails the test instead
+/// of hanging it or eating the machine's memory.
+fn run_bounded(env: &Env, args: &[&str], secs: u64) -> std::process::Output {
+    let mut child = env
+        .command("sh")
+        .arg("-c")
+        .arg("ulimit -v 1048576 && exec \"$0\" \"$@\"")
+        .arg(util::BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let done = util::wait_for(secs, || !matches!(child.try_wait(), Ok(None)));
+    if !done {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("qwen-cred {args:?} did not finish within {secs} s");
+    }
+    child.wait_with_output().expect("wait")
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+}
+
+/// The editor key `$schema` is ignored, and an unknown key is one warning line naming the
+/// key and the nearest known key; neither stops a request.
+#[test]
+fn schema_key_is_accepted_and_an_unknown_key_only_warns() {
+    let env = Env::new();
+    env.write_store(&store_with(2));
+    env.write_config(&json!({
+        "$schema": "https://example.com/qwen-cred.schema.json",
+        "account_selection_strategy": "round-robin",
+    }));
+    let (out, err) = env.expect(&["token"], 0);
+    assert_eq!((out.trim(), err.as_str()), ("at-2", ""));
+
+    env.write_config(&json!({"$schema": "x", "proactive_refresh_buffer": 60}));
+    let (out, err) = env.expect(&["token"], 0);
+    assert_eq!(out.trim(), "at-2", "sticky from the current account");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("qwen-cred: ")
+            && err.contains("qwen.json: unknown key \"proactive_refresh_buffer\" ignored")
+            && err.contains("did you mean \"proactive_refresh_buffer_seconds\"?"),
+        "{err}"
+    );
+    // A known key with a bad value is still refused, naming key and value.
+    env.write_config(&json!({"typo": 1, "max_rate_limit_wait_seconds": "5"}));
+    let (_, err) = env.expect(&["token"], 6);
+    assert!(
+        err.contains("max_rate_limit_wait_seconds: invalid value \"5\""),
+        "{err}"
+    );
+}
+
+/// A `qwen.json` that is a FIFO, a directory, a device (a symlink to /dev/zero), a symlink to
+/// a FIFO, or over 1 MiB: exit 6 at once naming the file and what is wrong, never waited on
+/// or read whole; the store is left as it was.
+#[test]
+fn a_config_that_is_not_a_small_regular_file_is_refused_at_once() {
+    let cases: [(&str, &str); 5] = [
+        ("fifo", "is not a regular file (a FIFO)"),
+        ("dir", "is not a regular file (a directory)"),
+        ("dev-zero", "is not a regular file (a device)"),
+        ("link-to-fifo", "is not a regular file (a FIFO)"),
+        (
+            "2mib",
+            "is 2097152 bytes (2.0 MiB), more than the 1 MiB a config may have",
+        ),
+    ];
+    for (case, says) in cases {
+        let env = Env::new();
+        env.write_store(&store_with(2));
+        let before = read_store_bytes(&env);
+        let config = env.config_dir().join("qwen.json");
+        match case {
+            "fifo" => mkfifo(&config),
+            "dir" => std::fs::create_dir(&config).expect("mkdir"),
+            "dev-zero" => std::os::unix::fs::symlink("/dev/zero", &config).expect("symlink"),
+            "link-to-fifo" => {
+                let fifo = env.root.join("fifo");
+                mkfifo(&fifo);
+                std::os::unix::fs::symlink(&fifo, &config).expect("symlink");
+            }
+            _ => {
+                // Valid JSON, so only its size can be the problem.
+                let mut big = br#"{"scope": ""#.to_vec();
+                big.resize(2 * 1024 * 1024 - 2, b'x');
+                big.extend_from_slice(br#""}"#);
+                std::fs::write(&config, big).expect("write");
+            }
+        }
+        let started = Instant::now();
+        for args in [&["token"][..], &["list"], &["config"]] {
+            let o = run_bounded(&env, args, 10);
+            let err = text(&o.stderr);
+            assert_eq!(o.status.code(), Some(6), "{case} {args:?}: {err}");
+            assert!(
+                err.starts_with("qwen-cred: ")
+                    && err.lines().count() == 1
+                    && err.contains("qwen.json")
+                    && err.contains(says),
+                "{case} {args:?}: {err}"
+            );
+            assert!(o.stdout.is_empty(), "{case}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{case}: slow");
+        assert_eq!(read_store_bytes(&env), before, "{case}");
+    }
+}
+
+/// Numbers on the command line are bounded (exit 2, before any request), a Retry-After past
+/// u64 is the longest wait capped at 7 days, and a server's huge poll interval cannot
+/// overflow: no exit 134 anywhere.
+#[test]
+fn huge_numbers_never_abort_or_wrap() {
+    let mock = Mock::start();
+    mock.add_account("rt-1", "at-1");
+    let env = Env::with_mock(&mock);
+    env.write_store(&store_with(2));
+    let before = read_store_bytes(&env);
+    for args in [
+        &["login", "--no-browser", "--timeout", "18446744073709551615"][..],
+        &["token", "--min-valid", "18446744073709551615"],
+        &["token", "--min-valid", "9223372036854775808"],
+        &["token", "--min-valid", "31536001"],
+    ] {
+        let (out, err) = env.expect(args, 2);
+        assert!(
+            out.is_empty() && err.contains("more than 31536000 seconds (365 days)"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(mock.requests().len(), 0, "nothing was asked of the server");
+    assert_eq!(read_store_bytes(&env), before);
+
+    // The largest --min-valid allowed is compared as it is, never wrapped: the token falls
+    // short of it, so account 1 is refreshed and the shortfall is said.
+    let (out, err) = env.expect(&["token", "--min-valid", "31536000"], 0);
+    assert_ne!(out.trim(), "at-1");
+    assert!(err.contains("less than --min-valid 31536000"), "{err}");
+    assert_eq!(mock.count_refreshes(), 1);
+
+    // Retry-After beyond u64: account 1 cools down for the 7-day cap, with no "ignoring".
+    let now = util::now_ms();
+    let (_, err) = env.expect(
+        &[
+            "report-429",
+            "--account",
+            "1",
+            "--retry-after",
+            "99999999999999999999999",
+        ],
+        0,
+    );
+    assert!(!err.contains("ignoring"), "{err}");
+    let s = env.read_store();
+    assert_eq!(s["accounts"][0]["rate_limit_reason"], "retry-after");
+    let until = s["accounts"][0]["rate_limit_resets_at"]
+        .as_i64()
+        .unwrap_or(0);
+    let week = 7 * 86_400_000;
+    assert!(
+        until >= now + week && until <= util::now_ms() + week,
+        "{until}"
+    );
+
+    // A device code whose interval is u64::MAX seconds, then slow_down (+5 s): the wait is
+    // bounded by --timeout, and the login times out with exit 7.
+    mock.push_approval(Approval {
+        pending_polls: 1000,
+        slow_down_at: Some(1),
+        outcome: Outcome::Never,
+        interval: Some(u64::MAX),
+        ..mock.approval(None)
+    });
+    let o = run_bounded(&env, &["login", "--no-browser", "--timeout", "1"], 20);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(7), "{err}");
+    assert!(err.contains("timed out"), "{err}");
+}
+
+/// stdout that cannot be written (`> /dev/full`) is exit 6 saying so, not "a bug"; a closed
+/// stdout (broken pipe) is not an error.
+#[test]
+fn a_full_stdout_is_exit_6_and_a_closed_one_is_fine() {
+    let env = Env::new();
+    env.write_store(&store_with(1));
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let o = env.cmd(&["token"]).stdout(full).output().expect("run");
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(6), "{err}");
+    assert!(
+        err.starts_with("qwen-cred: cannot write to stdout: No space left on device")
+            && err.lines().count() == 1
+            && !err.contains("bug")
+            && !err.contains("at-1"),
+        "{err}"
+    );
+
+    // A pipe whose reader is gone before qwen-cred writes.
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe(2) fills in.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (read, write) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    drop(read);
+    let o = env.cmd(&["token"]).stdout(write).output().expect("run");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr), "");
+}
+
+/// A 17 MiB store is refused at once naming its size, and left byte for byte.
+#[test]
+fn a_huge_store_is_refused_naming_its_size() {
+    let env = Env::new();
+    let mut s = store_with(2);
+    s["padding"] = json!("x".repeat(17 * 1024 * 1024));
+    env.write_store(&s);
+    let before = read_store_bytes(&env);
+    let size = before.len();
+    assert!(size > 17 * 1024 * 1024);
+    for args in [&["token"][..], &["list"], &["use", "2"]] {
+        let o = run_bounded(&env, args, 10);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(6), "{args:?}: {err}");
+        assert!(
+            err.contains("qwen-accounts.json")
+                && err.contains(&format!("is {size} bytes (17.0 MiB)"))
+                && err.contains("more than the 16 MiB an account store may have")
+                && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    assert!(read_store_bytes(&env) == before, "the store changed");
+}
+
+/// Numbers in fields qwen-cred does not know keep their exact text through a rewrite: an
+/// integer past u64 is not turned into a float, and 1e400 does not make the store refused.
+#[test]
+fn unknown_numbers_keep_their_exact_text() {
+    let env = Env::new();
+    let s = store_with(2);
+    let text_in = serde_json::to_string_pretty(&s)
+        .expect("json")
+        .replacen(
+            "\"version\": \"1.0\",",
+            "\"version\": \"1.0\",\n  \"big\": 18446744073709551616,\n  \"huge\": 1e400,\n  \"exact\": [0.1000000000000000055511151231257827, -0, 1.50, 1E+2, -99999999999999999999],",
+            1,
+        )
+        .replacen(
+            "\"id\": \"2\",",
+            "\"id\": \"2\",\n      \"their_counter\": 340282366920938463463374607431768211456,",
+            1,
+        )
+        .replacen(
+            "\"current_account_id\"",
+            &format!(
+                "\"nested\": {{\"a\":[1e-7, {{\"b\" : 2E5}}]}},\n  \"deep\": {}{},\n  \"current_account_id\"",
+                "[".repeat(10_000),
+                "]".repeat(10_000)
+            ),
+            1,
+        );
+    util::write_private(&env.store_path(), text_in.as_bytes());
+    let (out, _) = env.expect(&["token"], 0);
+    assert_eq!(out.trim(), "at-1");
+    let after = String::from_utf8(read_store_bytes(&env)).expect("utf-8");
+    assert!(
+        after.contains("\"total_requests\": 1"),
+        "rewritten: {after}"
+    );
+    for kept in [
+        "\"big\": 18446744073709551616",
+        "\"huge\": 1e400",
+        "0.1000000000000000055511151231257827",
+        "-0,",
+        "1.50,",
+        "1E+2,",
+        "-99999999999999999999",
+        "\"their_counter\": 340282366920938463463374607431768211456",
+        "\"nested\": {\"a\":[1e-7, {\"b\" : 2E5}]}",
+        &format!("\"deep\": {}{}", "[".repeat(10_000), "]".repeat(10_000)),
+    ] {
+        assert!(after.contains(kept), "{kept} lost: {after}");
+    }
+    // Known fields are still checked: the same kind of number there is refused.
+    let bad = after.replacen(
+        "\"total_requests\": 1",
+        "\"total_requests\": 18446744073709551616",
+        1,
+    );
+    util::write_private(&env.store_path(), bad.as_bytes());
+    let (_, err) = env.expect(&["token"], 6);
+    assert!(
+        err.contains("accounts[0].total_requests: expected a non-negative integer"),
+        "{err}"
+    );
+}
+
+/// A lock file replaced by a symlink is refused (exit 6 naming it) and what it points to is
+/// never created: the store lock and a refresh lock.
+#[test]
+fn a_symlinked_lock_file_is_refused_and_its_target_not_created() {
+    let mock = Mock::start();
+    mock.add_account("rt-1", "at-1");
+    let env = Env::with_mock(&mock);
+    env.write_store(&store_with(2));
+    let before = read_store_bytes(&env);
+    let target = env.root.join("planted");
+    let lock = env.config_dir().join("qwen-accounts.lock");
+    std::os::unix::fs::symlink(&target, &lock).expect("symlink");
+    for args in [&["use", "2"][..], &["token"]] {
+        let (_, err) = env.expect(args, 6);
+        assert!(
+            err.contains("qwen-accounts.lock")
+                && err.contains("is a symbolic link")
+                && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+        assert!(!target.exists(), "{args:?} created the link's target");
+    }
+    assert_eq!(read_store_bytes(&env), before);
+    std::fs::remove_file(&lock).expect("rm");
+
+    // The refresh lock of an expired account 1.
+    let mut s = store_with(1);
+    s["accounts"][0] = account("1", "at-1", "rt-1", -10);
+    env.write_store(&s);
+    let refresh_lock = env.config_dir().join("qwen-accounts.refresh-1.lock");
+    std::os::unix::fs::symlink(&target, &refresh_lock).expect("symlink");
+    let (_, err) = env.expect(&["token"], 6);
+    assert!(
+        err.contains("qwen-accounts.refresh-1.lock") && err.contains("is a symbolic link"),
+        "{err}"
+    );
+    assert!(!target.exists());
+    assert_eq!(mock.count_refreshes(), 0, "no refresh without its lock");
+}
+
+/// A config dir others can write to is one warning line per call (they could swap the store
+/// or its locks); the call still succeeds.
+#[test]
+fn a_config_dir_writable_by_others_is_warned_about_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.write_store(&store_with(2));
+    for (mode, who) in [(0o770, "the group"), (0o707, "others"), (0o1777, "others")] {
+        std::fs::set_permissions(env.config_dir(), std::fs::Permissions::from_mode(mode))
+            .expect("chmod");
+        for args in [&["token"][..], &["use", "2"], &["list"]] {
+            let (_, err) = env.expect(args, 0);
+            let lines: Vec<&str> = err.lines().filter(|l| l.contains("writable")).collect();
+            assert_eq!(lines.len(), 1, "{mode:o} {args:?}: {err}");
+            assert!(
+                lines[0].contains(&format!(
+                    "{} is writable by {who} (mode {mode:04o})",
+                    env.config_dir().display()
+                )) && lines[0].contains("chmod 700"),
+                "{err}"
+            );
+        }
+    }
+    std::fs::set_permissions(env.config_dir(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod");
+    let (_, err) = env.expect(&["token"], 0);
+    assert_eq!(err, "");
 }

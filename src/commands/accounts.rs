@@ -232,7 +232,7 @@ pub fn remove(cfg: &Config, args: &Remove) -> Result<()> {
             removed
         };
         // Removing the Qwen CLI's login sticks: `token` does not import it again on its own.
-        if let Some(fp) = crate::qwen_cli::removed_login(cfg, &removed) {
+        if let Some(fp) = crate::qwen_cli::removed_login(&cfg.qwen_cli_file(), &removed) {
             s.removed_qwen_cli_fp = Some(fp);
         }
         let ids: Vec<String> = removed.into_iter().map(|a| a.id).collect();

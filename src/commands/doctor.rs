@@ -582,7 +582,7 @@ fn qwen_cli(r: &mut Report, cfg: &Config, s: Option<&Store>) {
             return;
         }
     };
-    let sync = match cfg.bool("sync_qwen_cli") {
+    let sync = match cfg.settings.sync_qwen_cli {
         true => "kept in step with it",
         false => "not kept in step (sync_qwen_cli is false)",
     };

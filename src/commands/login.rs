@@ -81,7 +81,16 @@ fn login(cfg: &Config, args: &Login) -> Result<()> {
     if !args.no_browser {
         open_browser(cfg, &url);
     }
-    let deadline = Instant::now() + Duration::from_secs(args.timeout.unwrap_or(dc.expires_in));
+    // `--timeout` is at most a year (cli.rs); the server's `expires_in` is clamped the same,
+    // so the sum cannot overflow whatever the server sent.
+    let wait = args
+        .timeout
+        .unwrap_or(dc.expires_in)
+        .min(crate::cli::MAX_SECS);
+    let start = Instant::now();
+    let deadline = start
+        .checked_add(Duration::from_secs(wait))
+        .unwrap_or(start);
     let tok = client.device_login(&dc, &verifier, deadline, &mut |m| crate::msg::debug(m))?;
     let refresh = tok.refresh_token.clone().ok_or_else(|| {
         Error::Login("the server approved the login but sent no refresh token; try again".into())

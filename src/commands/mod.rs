@@ -66,7 +66,7 @@ pub fn wait_for_reset(cfg: &Config, until: i64, no_wait: bool) -> Result<()> {
     let now = crate::store::now_ms();
     let ms = (until - now).max(0);
     let secs = (ms + 999) / 1000;
-    let max_ms = cfg.int("max_rate_limit_wait_seconds") as i64 * 1000;
+    let max_ms = cfg.settings.max_rate_limit_wait_seconds as i64 * 1000;
     if no_wait || ms > max_ms {
         return Err(Error::RateLimited(format!(
             "every usable account is cooling down; the soonest is free at {} (in {secs} s)",

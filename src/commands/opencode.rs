@@ -54,7 +54,7 @@ fn install(cfg: &Config, args: &OpencodeInstall) -> Result<()> {
         )),
     }
 
-    let base_url = crate::oauth::api_base_url(None, cfg.str("default_resource_url"));
+    let base_url = crate::oauth::api_base_url(None, &cfg.settings.default_resource_url);
     let block = provider_block(&base_url);
     if args.write_config {
         write_config(&cfg.dir, &block, dry)?;

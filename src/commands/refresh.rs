@@ -41,6 +41,7 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
             _ => return Err(Error::no_account(&[])),
         }
     };
+    let settings = cfg.refresh_settings();
     let (mut failed, mut revoked) = (0, 0);
     let mut results: Vec<Value> = Vec::new();
     for a in &targets {
@@ -67,7 +68,13 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
             let needed = |cur: &Account| {
                 args.force || rotation::is_due(cur, crate::store::now_ms(), &policy)
             };
-            match refresh_account(cfg, &a.id, &a.access_token, &needed, cfg.lock_timeout())? {
+            match refresh_account(
+                &settings,
+                &a.id,
+                &a.access_token,
+                &needed,
+                cfg.lock_timeout(),
+            )? {
                 Refreshed::Fresh(a) => (
                     "refreshed",
                     Some(a.expiry_date),

@@ -4,7 +4,9 @@ use super::wait_for_reset;
 use crate::cli::Report429;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::rotation::{self, Outcome, Report};
+use crate::rotation::{self, Outcome, Pick, Report};
+use crate::store::Store;
+use serde_json::{json, Value};
 use std::io::Read;
 
 /// Enough of a response body to recognise a quota error.
@@ -38,52 +40,141 @@ pub fn run(cfg: &Config, args: &Report429) -> Result<()> {
         quota: rotation::is_quota_body(&body),
     };
     let who = args.account.clone().or_else(|| cfg.account_id_env.clone());
-    let (outcome, id, soonest, any_usable) =
-        crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
-            if s.accounts.is_empty() {
-                return Err(Error::no_account(&[]));
-            }
-            let i = match &who {
-                Some(id) => s.find(id)?,
-                None => match s.current_account_id.as_deref().map(|c| s.find_id(c)) {
-                    Some(Ok(i)) => i,
-                    _ => {
-                        return Err(Error::Usage(
-                            "no account to report: give --account ID".into(),
-                        ))
-                    }
-                },
-            };
-            let id = s.accounts[i].id.clone();
-            let outcome = rotation::report_429(s, i, &report, &policy, now);
-            let any_usable = s.accounts.iter().any(|a| rotation::is_usable(a, now));
-            Ok((outcome, id, rotation::soonest_reset(s, now), any_usable))
-        })?;
-    match outcome {
+    let d = crate::store::update(&cfg.dir, cfg.lock_timeout(), |s| {
+        if s.accounts.is_empty() {
+            return Err(Error::no_account(&[]));
+        }
+        let i = match &who {
+            Some(id) => s.find(id)?,
+            None => match s.current_account_id.as_deref().map(|c| s.find_id(c)) {
+                Some(Ok(i)) => i,
+                _ => {
+                    return Err(Error::Usage(
+                        "no account to report: give --account ID".into(),
+                    ))
+                }
+            },
+        };
+        let outcome = rotation::report_429(s, i, &report, &policy, now);
+        Ok(decide(s, i, outcome, &policy, now))
+    })?;
+    // Whether this call sleeps, decided once: the JSON line says so before the sleep starts.
+    let max_wait_ms = i64::try_from(cfg.settings.max_rate_limit_wait_seconds)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
+    let wait_ms = match (d.outcome, d.soonest) {
+        _ if args.no_wait => 0,
+        (Outcome::SleepThenRetry { ms }, _) => i64::try_from(ms).unwrap_or(i64::MAX),
+        _ if d.any_usable => 0,
+        (_, Some(until)) if until.saturating_sub(now) <= max_wait_ms => {
+            until.saturating_sub(now).max(0)
+        }
+        _ => 0,
+    };
+    if args.json {
+        crate::msg::out(&format!("{}\n", d.json(wait_ms)))?;
+    }
+    let id = &d.account_id;
+    match d.outcome {
         Outcome::SleepThenRetry { ms } => {
             crate::msg::debug(&format!(
                 "account {id}: short rate limit; retry the same account in {ms} ms"
             ));
-            if !args.no_wait {
+            if wait_ms > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
             }
             Ok(())
         }
         Outcome::Ignored | Outcome::Marked { .. } => {
-            if let Outcome::Marked { until_ms, reason } = outcome {
+            if let Outcome::Marked { until_ms, reason } = d.outcome {
                 crate::msg::debug(&format!(
                     "account {id}: cooling down until {} ({reason})",
                     crate::msg::rfc3339(until_ms)
                 ));
             }
-            if any_usable {
+            if d.any_usable {
                 return Ok(());
             }
-            match soonest {
-                Some(until) => wait_for_reset(cfg, until, args.no_wait),
+            match d.soonest {
+                // Told "no wait" (--no-wait, or past max_rate_limit_wait_seconds): exit 4.
+                Some(until) => wait_for_reset(cfg, until, wait_ms == 0),
                 None => Err(Error::no_account(&[])),
             }
         }
+    }
+}
+
+/// What one report decided, read from the store right after it was booked.
+struct Decision {
+    outcome: Outcome,
+    account_id: String,
+    email: String,
+    /// The reported account's cooldown (end, reason), if it is cooling down.
+    cooling: Option<(i64, String)>,
+    any_usable: bool,
+    soonest: Option<i64>,
+    /// When the next account can serve: now, after the short wait, or at the soonest reset.
+    next_at: i64,
+    /// The account `token` picks at `next_at` if nothing else changes: (id, email).
+    next: Option<(String, String)>,
+}
+
+fn decide(s: &Store, i: usize, outcome: Outcome, policy: &rotation::Policy, now: i64) -> Decision {
+    let a = &s.accounts[i];
+    let cooling = match outcome {
+        Outcome::Marked { until_ms, reason } => Some((until_ms, reason.to_string())),
+        Outcome::Ignored => a.rate_limit_resets_at.filter(|&t| t > now).map(|t| {
+            let reason = a
+                .rate_limit_reason
+                .clone()
+                .unwrap_or_else(|| "backoff".into());
+            (t, reason)
+        }),
+        Outcome::SleepThenRetry { .. } => None,
+    };
+    let any_usable = s.accounts.iter().any(|a| rotation::is_usable(a, now));
+    let soonest = rotation::soonest_reset(s, now);
+    let next_at = match outcome {
+        Outcome::SleepThenRetry { ms } => now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)),
+        _ if any_usable => now,
+        _ => soonest.unwrap_or(now),
+    };
+    let next = match rotation::pick(s, policy, next_at, &[]) {
+        Pick::Account(j) => Some((s.accounts[j].id.clone(), s.accounts[j].email.clone())),
+        _ => None,
+    };
+    Decision {
+        outcome,
+        account_id: a.id.clone(),
+        email: a.email.clone(),
+        cooling,
+        any_usable,
+        soonest,
+        next_at,
+        next,
+    }
+}
+
+impl Decision {
+    /// The `--json` line (cli.md, man page): one stable shape whatever the decision.
+    fn json(&self, wait_ms: i64) -> Value {
+        let decision = match self.outcome {
+            Outcome::SleepThenRetry { .. } => "retry_same",
+            Outcome::Ignored => "already_cooling",
+            Outcome::Marked { .. } => "cooled",
+        };
+        let rfc3339 = crate::msg::rfc3339;
+        json!({
+            "account_id": self.account_id,
+            "email": self.email,
+            "decision": decision,
+            "reason": self.cooling.as_ref().map(|(_, r)| r),
+            "cooling_until": self.cooling.as_ref().map(|(t, _)| rfc3339(*t)),
+            "next_account_id": self.next.as_ref().map(|(id, _)| id),
+            "next_email": self.next.as_ref().map(|(_, e)| e),
+            "next_at": self.next.as_ref().map(|_| rfc3339(self.next_at)),
+            "wait_ms": wait_ms,
+        })
     }
 }
 

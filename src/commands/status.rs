@@ -32,7 +32,7 @@ pub fn run(cfg: &Config, args: &StatusCmd) -> Result<()> {
             .collect();
         return super::config::print_json(&json!({
             "current_account_id": s.current_account_id,
-            "strategy": cfg.str("account_selection_strategy"),
+            "strategy": cfg.settings.account_selection_strategy,
             "daily_reset_at": rfc3339(reset_at),
             "accounts": accounts,
         }));
@@ -44,7 +44,7 @@ pub fn run(cfg: &Config, args: &StatusCmd) -> Result<()> {
     let mut text = format!(
         "{} accounts, strategy {}; the daily quota resets at {} ({})\n",
         s.accounts.len(),
-        cfg.str("account_selection_strategy"),
+        cfg.settings.account_selection_strategy,
         rfc3339(reset_at),
         relative(reset_at, now)
     );

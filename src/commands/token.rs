@@ -108,25 +108,26 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                     Need::Due => std::time::Duration::ZERO,
                     Need::Expired => cfg.lock_timeout(),
                 };
-                let (why, busy) = match refresh_account(cfg, &id, &seen, &still, wait)? {
-                    Refreshed::Fresh(a) => {
-                        if serve_after_refresh(cfg, args, &policy, &id, Some(&a))? {
-                            return Ok(());
+                let (why, busy) =
+                    match refresh_account(&cfg.refresh_settings(), &id, &seen, &still, wait)? {
+                        Refreshed::Fresh(a) => {
+                            if serve_after_refresh(cfg, args, &policy, &id, Some(&a))? {
+                                return Ok(());
+                            }
+                            skip.push(id);
+                            continue;
                         }
-                        skip.push(id);
-                        continue;
-                    }
-                    Refreshed::Revoked | Refreshed::Gone if args.account.is_some() => {
-                        return Err(Error::no_account(&[id]));
-                    }
-                    // Marked revoked, or removed meanwhile: never tried again in this call.
-                    Refreshed::Revoked | Refreshed::Gone => {
-                        skip.push(id);
-                        continue;
-                    }
-                    Refreshed::Busy(why) => (why, true),
-                    Refreshed::Failed(why) => (why, false),
-                };
+                        Refreshed::Revoked | Refreshed::Gone if args.account.is_some() => {
+                            return Err(Error::no_account(&[id]));
+                        }
+                        // Marked revoked, or removed meanwhile: never tried again in this call.
+                        Refreshed::Revoked | Refreshed::Gone => {
+                            skip.push(id);
+                            continue;
+                        }
+                        Refreshed::Busy(why) => (why, true),
+                        Refreshed::Failed(why) => (why, false),
+                    };
                 // Not refreshed now. A due token is still valid: serve it (quietly when
                 // another process is busy refreshing it).
                 if matches!(need, Need::Due) {
@@ -208,11 +209,15 @@ fn decide(
                     id: a.id.clone(),
                     need,
                     seen: a.access_token.clone(),
-                    cli_busy: need == Need::Expired && crate::qwen_cli::cli_is_refreshing(cfg, a),
+                    cli_busy: need == Need::Expired
+                        && crate::qwen_cli::cli_is_refreshing(
+                            cfg.synced_qwen_cli_file().as_deref(),
+                            a,
+                        ),
                 });
             }
             rotation::record_use(s, i, policy, now);
-            let interval_ms = cfg.int("proactive_refresh_check_interval_seconds") as i64 * 1000;
+            let interval_ms = cfg.settings.proactive_refresh_check_interval_seconds as i64 * 1000;
             let spawn = rotation::background_refresh_due(s, i, policy, now, interval_ms);
             Ok(Step::Serve(Box::new(s.accounts[i].clone()), spawn))
         }
@@ -305,8 +310,10 @@ pub fn headers(a: &Account) -> Vec<(&'static str, String)> {
 }
 
 fn format_token(cfg: &Config, a: &Account, format: Format) -> String {
-    let base_url =
-        crate::oauth::api_base_url(a.resource_url.as_deref(), cfg.str("default_resource_url"));
+    let base_url = crate::oauth::api_base_url(
+        a.resource_url.as_deref(),
+        &cfg.settings.default_resource_url,
+    );
     let token = a.access_token.expose();
     match format {
         Format::Raw => format!("{token}\n"),

@@ -33,6 +33,8 @@ const HUGE_LEN: usize = 10 * 1024 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 64 * 1024 * 1024;
+/// The window of [`Mock::set_throttle_per_minute`].
+const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
 
 /// How one device session answers its polls. Poll numbers start at 1.
 #[derive(Clone, Debug)]
@@ -186,6 +188,21 @@ pub struct State {
     pub bad_refreshes: u32,
     /// Chat requests answered 200, per account.
     pub api_ok: HashMap<u64, u32>,
+    /// Chat requests answered 429 by the throttle ([`Mock::set_throttle_per_minute`]).
+    pub api_throttled: u32,
+    /// Chat requests answered 429 because the account's daily quota was spent.
+    pub api_quota_exceeded: u32,
+    /// Chat requests answered 401 for an access token the mock issued that had expired.
+    pub api_expired_token: u32,
+    /// Chat requests answered 401 for an access token the mock never issued (or none).
+    pub api_unknown_token: u32,
+    /// Refresh requests answered 200, per account.
+    pub refresh_ok: HashMap<u64, u32>,
+    /// Refresh requests with a token the mock issued and a rotation already spent: a refresh
+    /// token sent twice (part of `bad_refreshes`).
+    pub spent_refreshes: u32,
+    /// When the measured run began (`POST /__start`), for `GET /__stats`.
+    pub started: Option<Instant>,
 
     client_id: String,
     rotate_refresh: bool,
@@ -198,6 +215,13 @@ pub struct State {
     /// Seconds the `Date` header of every answer is ahead of the real clock.
     date_skew_secs: i64,
     quota: Option<u32>,
+    quota_for: HashMap<u64, u32>,
+    throttle_per_minute: Option<u32>,
+    /// Times of the 200 answers of the last minute, per account, for the throttle.
+    api_window: HashMap<u64, VecDeque<Instant>>,
+    /// Counters of a driver outside the mock (the simulated Qwen CLI), in `GET /__stats`.
+    extra_stats: serde_json::Map<String, Value>,
+    drivers_stop: bool,
     approvals: VecDeque<Approval>,
     sessions: HashMap<String, Session>,
     refresh_tokens: HashMap<String, RefreshEntry>,
@@ -237,6 +261,61 @@ impl State {
         self.requests.iter().filter(|r| r.path == path).count()
     }
 
+    /// The daily quota of an account: its own, else the one of every account.
+    pub fn quota_of(&self, account: u64) -> Option<u32> {
+        self.quota_for.get(&account).copied().or(self.quota)
+    }
+
+    /// What `GET /__stats` answers: the counters a long run (scripts/soak) reports, with each
+    /// account's quota and throttle state, and the counters added by [`Mock::add_stat`].
+    pub fn stats(&self) -> Value {
+        let now = Instant::now();
+        let accounts: Vec<Value> = (1..=self.next_account)
+            .map(|account| {
+                let ok = self.api_ok.get(&account).copied().unwrap_or(0);
+                let quota = self.quota_of(account);
+                let last_minute = self.api_window.get(&account).map_or(0, |w| {
+                    w.iter()
+                        .filter(|&&t| now.duration_since(t) < THROTTLE_WINDOW)
+                        .count()
+                });
+                json!({
+                    "account": account,
+                    "api_ok": ok,
+                    "quota": quota,
+                    "quota_left": quota.map(|q| q.saturating_sub(ok)),
+                    "api_ok_last_minute": last_minute,
+                    "refreshes": self.refresh_ok.get(&account).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        let quota_left_any = (1..=self.next_account).any(|a| {
+            self.quota_of(a)
+                .is_none_or(|q| self.api_ok.get(&a).copied().unwrap_or(0) < q)
+        });
+        let mut v = json!({
+            "elapsed_seconds": self.started.map(|t| now.duration_since(t).as_secs_f64()),
+            "chat_ok": self.api_ok.values().map(|&n| u64::from(n)).sum::<u64>(),
+            "chat_throttled": self.api_throttled,
+            "chat_quota_exceeded": self.api_quota_exceeded,
+            "chat_expired_token": self.api_expired_token,
+            "chat_unknown_token": self.api_unknown_token,
+            "refresh_requests": self.refresh_started.values().map(|&n| u64::from(n)).sum::<u64>(),
+            "refresh_ok": self.refresh_ok.values().map(|&n| u64::from(n)).sum::<u64>(),
+            "bad_refreshes": self.bad_refreshes,
+            "spent_refreshes": self.spent_refreshes,
+            "max_concurrent_same_refresh": self.max_concurrent_same_refresh,
+            "quota_left_any": quota_left_any,
+            "accounts": accounts,
+        });
+        if let Value::Object(m) = &mut v {
+            for (k, x) in &self.extra_stats {
+                m.insert(k.clone(), x.clone());
+            }
+        }
+        v
+    }
+
     fn new(base_url: String) -> State {
         State {
             requests: Vec::new(),
@@ -247,6 +326,13 @@ impl State {
             max_concurrent_same_refresh: 0,
             bad_refreshes: 0,
             api_ok: HashMap::new(),
+            api_throttled: 0,
+            api_quota_exceeded: 0,
+            api_expired_token: 0,
+            api_unknown_token: 0,
+            refresh_ok: HashMap::new(),
+            spent_refreshes: 0,
+            started: None,
             client_id: CLIENT_ID.to_string(),
             rotate_refresh: false,
             always_return_refresh: false,
@@ -257,6 +343,11 @@ impl State {
             echo_dead_refresh: false,
             date_skew_secs: 0,
             quota: None,
+            quota_for: HashMap::new(),
+            throttle_per_minute: None,
+            api_window: HashMap::new(),
+            extra_stats: serde_json::Map::new(),
+            drivers_stop: false,
             approvals: VecDeque::new(),
             sessions: HashMap::new(),
             refresh_tokens: HashMap::new(),
@@ -566,6 +657,18 @@ impl Mock {
         self.update(|s| s.quota = quota);
     }
 
+    /// This account answers 200 this many times, then 429 `insufficient_quota`, whatever
+    /// [`Mock::set_quota_per_account`] says.
+    pub fn set_quota_for(&self, account: u64, quota: u32) {
+        self.update(|s| s.quota_for.insert(account, quota));
+    }
+
+    /// At most this many 200 answers per account in any 60 s; beyond, 429 with the generic
+    /// rate-limit body and a `Retry-After` (whole seconds) until the oldest leaves the window.
+    pub fn set_throttle_per_minute(&self, limit: Option<u32>) {
+        self.update(|s| s.throttle_per_minute = limit);
+    }
+
     /// Queues a scripted answer for the next chat request of this account.
     pub fn api_script_for(&self, account: u64, reply: ApiReply) {
         self.update(|s| s.api_scripts.entry(account).or_default().push_back(reply));
@@ -608,6 +711,48 @@ impl Mock {
 
     pub fn max_concurrent_same_refresh(&self) -> u32 {
         self.state(|s| s.max_concurrent_same_refresh)
+    }
+
+    /// Adds `n` to a counter of `GET /__stats` kept for a driver outside the mock.
+    pub fn add_stat(&self, key: &str, n: u64) {
+        self.update(|s| {
+            let old = s.extra_stats.get(key).and_then(Value::as_u64).unwrap_or(0);
+            s.extra_stats
+                .insert(key.to_string(), json!(old.saturating_add(n)));
+        });
+    }
+
+    /// Sets a value of `GET /__stats` kept for a driver outside the mock.
+    pub fn set_stat(&self, key: &str, value: Value) {
+        self.update(|s| {
+            s.extra_stats.insert(key.to_string(), value);
+        });
+    }
+
+    /// Waits until the measured run began (`POST /__start`) or the mock shut down; true
+    /// when it began.
+    pub fn wait_started(&self) -> bool {
+        let mut st = lock(&self.shared);
+        loop {
+            if st.started.is_some() {
+                return true;
+            }
+            if st.drivers_stop {
+                return false;
+            }
+            st = self.shared.1.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Marks the mock as shutting down without dropping it: wakes [`Mock::wait_started`]
+    /// and [`Mock::sleep`] so that driver threads end.
+    pub fn stop_drivers(&self) {
+        self.update(|s| s.drivers_stop = true);
+    }
+
+    /// Sleeps `d`, or less when [`Mock::stop_drivers`] is called; false then.
+    pub fn sleep(&self, d: Duration) -> bool {
+        !self.wait_until(d, |s| s.drivers_stop)
     }
 }
 
@@ -1019,6 +1164,12 @@ fn route(shared: &Shared, req: &Request) -> Option<Response> {
             _ => Response::error(400, "unsupported_grant_type"),
         },
         ("POST", "/v1/chat/completions") => chat(shared, req),
+        ("GET", "/__stats") => Response::json(200, &lock(shared).stats()),
+        ("POST", "/__start") => {
+            lock(shared).started.get_or_insert_with(Instant::now);
+            shared.1.notify_all();
+            Response::json(200, &json!({}))
+        }
         ("GET", "/authorize") => Response::raw(
             200,
             "text/html; charset=utf-8",
@@ -1202,8 +1353,11 @@ fn refresh(shared: &Shared, req: &Request) -> Option<Response> {
 fn refresh_locked(st: &mut State, req: &Request, token: &str) -> Response {
     let account = match st.refresh_tokens.get(token) {
         Some(e) if e.live && req.field("client_id") == Some(st.client_id.as_str()) => e.account,
-        _ => {
+        known => {
             st.bad_refreshes += 1;
+            if known.is_some() && req.field("client_id") == Some(st.client_id.as_str()) {
+                st.spent_refreshes += 1;
+            }
             let description = match st.echo_dead_refresh {
                 true => format!("{DEAD_REFRESH}: {token}"),
                 false => DEAD_REFRESH.to_string(),
@@ -1215,6 +1369,7 @@ fn refresh_locked(st: &mut State, req: &Request, token: &str) -> Response {
         }
     };
     let expires_in = st.refresh_expires_in;
+    *st.refresh_ok.entry(account).or_default() += 1;
     let access = st.new_access(account, expires_in);
     let mut body = json!({
         "access_token": access,
@@ -1259,7 +1414,14 @@ fn chat_locked(st: &mut State, req: &Request) -> Response {
         .trim();
     let account = match st.access_tokens.get(token) {
         Some(e) if e.expires_at > Instant::now() => e.account,
-        _ => return unauthorized(),
+        Some(_) => {
+            st.api_expired_token += 1;
+            return unauthorized();
+        }
+        None => {
+            st.api_unknown_token += 1;
+            return unauthorized();
+        }
     };
     let scripted = st
         .api_scripts
@@ -1286,11 +1448,35 @@ fn chat_locked(st: &mut State, req: &Request) -> Response {
             return r;
         }
     }
+    let now = Instant::now();
+    if let Some(limit) = st.throttle_per_minute {
+        let window = st.api_window.entry(account).or_default();
+        while window
+            .front()
+            .is_some_and(|&t| now.duration_since(t) >= THROTTLE_WINDOW)
+        {
+            window.pop_front();
+        }
+        if window.len() >= limit as usize {
+            let free_at = window.front().map_or(now, |&t| t + THROTTLE_WINDOW);
+            let wait = free_at.saturating_duration_since(now);
+            let secs = (wait.as_millis().div_ceil(1000) as u64).max(1);
+            st.api_throttled += 1;
+            let mut r = Response::raw(429, "application/json", RATE_LIMIT_BODY);
+            r.headers.push(("Retry-After".into(), secs.to_string()));
+            return r;
+        }
+    }
+    let quota = st.quota_of(account);
     let used = st.api_ok.entry(account).or_default();
-    if st.quota.is_some_and(|q| *used >= q) {
+    if quota.is_some_and(|q| *used >= q) {
+        st.api_quota_exceeded += 1;
         return Response::raw(429, "application/json", QUOTA_BODY);
     }
     *used += 1;
+    if st.throttle_per_minute.is_some() {
+        st.api_window.entry(account).or_default().push_back(now);
+    }
     let content = format!("hello from account {account}");
     let stream = serde_json::from_str::<Value>(&req.body)
         .ok()

@@ -30,6 +30,12 @@ impl Env {
         for d in ["home", "xdg", "config", "qwen"] {
             std::fs::create_dir_all(root.join(d)).expect("create temp dir");
         }
+        // 0700 whatever the umask: a group-writable config dir is warned about on every call.
+        std::fs::set_permissions(
+            root.join("config"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod config dir");
         Env {
             root,
             vars: Vec::new(),
