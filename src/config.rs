@@ -492,17 +492,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// `qwen.json` bytes plus an environment, through the same steps as `Config::load`: the one
-/// door the randomised tests (fuzz_tests.rs) use to reach the private parser.
-#[cfg(test)]
-pub(crate) fn parse_config_text(
-    bytes: &[u8],
-    env_of: impl Fn(&str) -> Option<String>,
-) -> Result<Resolved> {
-    let path = Path::new("qwen.json");
-    resolve(path, &parse_config_file(bytes, path)?, env_of).map(|(values, _)| values)
-}
-
 fn bad(name: &str, value: &str, key: &Key) -> Error {
     Error::File(format!(
         "{name}: invalid value {value:?}: expected {}",
@@ -816,5 +805,278 @@ mod tests {
             msg.contains("QWEN_CRED_MAX_RATE_LIMIT_WAIT_SECONDS") && msg.contains("soon"),
             "{msg}"
         );
+    }
+}
+
+/// Properties of reading `qwen.json` and `QWEN_CRED_*` over generated input (README,
+/// Property tests).
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::strategies::{apply, edits, json, number, other_types, retype, text, to_bytes};
+    use proptest::collection::vec;
+    use proptest::option;
+    use proptest::prelude::*;
+    use proptest::sample::{select, Index};
+
+    /// `qwen.json` bytes and an environment (key name -> text) through the same steps as
+    /// `Config::load`.
+    fn parse_text(bytes: &[u8], env: &[(String, String)]) -> Result<Resolved> {
+        let path = Path::new("qwen.json");
+        let file = parse_config_file(bytes, path)?;
+        let env_of = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        resolve(path, &file, env_of).map(|(values, _)| values)
+    }
+
+    /// A value `ty` allows.
+    fn valid_value(ty: Ty) -> BoxedStrategy<Value> {
+        match ty {
+            Ty::Bool => any::<bool>().prop_map(Value::Bool).boxed(),
+            Ty::Int { min, max } => prop_oneof![Just(min), Just(max), min..=max]
+                .prop_map(Value::from)
+                .boxed(),
+            Ty::Enum(names) => select(names).prop_map(Value::from).boxed(),
+            Ty::ClockTime => (0u8..24, 0u8..60)
+                .prop_map(|(h, m)| Value::from(format!("{h:02}:{m:02}")))
+                .boxed(),
+            Ty::Offset => (select(&["+", "-"][..]), 0u8..24, 0u8..60)
+                .prop_map(|(sign, h, m)| Value::from(format!("{sign}{h:02}:{m:02}")))
+                .boxed(),
+            Ty::Url => select(
+                &[
+                    "https://chat.qwen.ai",
+                    "https://a.example/",
+                    "http://127.0.0.1:1234",
+                    "http://localhost:9",
+                    "http://[::1]:80",
+                ][..],
+            )
+            .prop_map(Value::from)
+            .boxed(),
+            Ty::Resource | Ty::Text => any::<u64>()
+                .prop_map(|n| Value::from(format!("v{n}")))
+                .boxed(),
+        }
+    }
+
+    /// How `v` is spelt in a `QWEN_CRED_<KEY>` variable; `alt` picks among the spellings.
+    fn env_text(v: &Value, alt: u8) -> String {
+        match v {
+            Value::Bool(true) => ["true", "1"][usize::from(alt % 2)].into(),
+            Value::Bool(false) => ["false", "0"][usize::from(alt % 2)].into(),
+            Value::String(s) => s.clone(),
+            Value::Number(n) if alt.is_multiple_of(3) => format!(" {n} "),
+            other => other.to_string(),
+        }
+    }
+
+    /// Where one key's value comes from.
+    #[derive(Debug, Clone)]
+    enum Choice {
+        Default,
+        File(Value),
+        /// The variable wins over a file value, if there is one.
+        Env(Value, u8, Option<Value>),
+    }
+
+    /// One `Choice` per key, in `KEYS` order.
+    fn choices() -> impl Strategy<Value = Vec<Choice>> {
+        KEYS.iter()
+            .map(|k| {
+                let v = || valid_value(k.ty);
+                prop_oneof![
+                    Just(Choice::Default),
+                    v().prop_map(Choice::File),
+                    (v(), any::<u8>(), option::weighted(0.5, v()))
+                        .prop_map(|(v, alt, file)| Choice::Env(v, alt, file)),
+                ]
+            })
+            .collect::<Vec<_>>()
+    }
+
+    /// The file, the environment and what they resolve to, with env > file > default.
+    fn build(choices: &[Choice]) -> (Map<String, Value>, Vec<(String, String)>, Resolved) {
+        let (mut file, mut env, mut want) = (Map::new(), Vec::new(), Vec::new());
+        for (key, c) in KEYS.iter().zip(choices) {
+            let name = key.name;
+            let (v, src) = match c {
+                Choice::Default => (default_value(key.default), Source::Default),
+                Choice::File(v) => {
+                    file.insert(name.to_string(), v.clone());
+                    (v.clone(), Source::File)
+                }
+                Choice::Env(v, alt, in_file) => {
+                    if let Some(f) = in_file {
+                        file.insert(name.to_string(), f.clone());
+                    }
+                    env.push((name.to_string(), env_text(v, *alt)));
+                    (v.clone(), Source::Env)
+                }
+            };
+            want.push((name, v, src));
+        }
+        (file, env, want)
+    }
+
+    /// Damage to one key (picked by the `Index`) of the file or the environment.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        /// A value of another JSON type than the key's default.
+        Retype(Vec<Value>, Index),
+        Any(Value),
+        /// Any number: edges of every integer type, fractions.
+        Number(Value),
+        UnknownKey(String, Value),
+        /// The variable's text: any text, or any number's.
+        EnvText(String),
+        Nothing,
+    }
+
+    fn damage() -> impl Strategy<Value = (Index, Damage)> {
+        let kind = prop_oneof![
+            (other_types(), any::<Index>()).prop_map(|(c, i)| Damage::Retype(c, i)),
+            json(2).prop_map(Damage::Any),
+            number().prop_map(Damage::Number),
+            (text(), json(1)).prop_map(|(k, v)| Damage::UnknownKey(k, v)),
+            prop_oneof![text(), number().prop_map(|n| n.to_string())].prop_map(Damage::EnvText),
+            Just(Damage::Nothing),
+        ];
+        (any::<Index>(), kind)
+    }
+
+    /// Whether an accepted value is one the published schema allows, and one the typed
+    /// getters read.
+    fn check_value(key: &Key, v: &Value, p: &Value) -> std::result::Result<(), TestCaseError> {
+        let name = key.name;
+        if let Some(names) = p["enum"].as_array() {
+            prop_assert!(names.contains(v), "{}: {}", name, v);
+        }
+        match p["type"].as_str() {
+            Some("boolean") => prop_assert!(v.is_boolean(), "{}: {}", name, v),
+            Some("integer") => {
+                let n = v.as_i64().unwrap_or(i64::MIN);
+                prop_assert!(
+                    p["minimum"].as_i64() <= Some(n) && Some(n) <= p["maximum"].as_i64(),
+                    "{}: {}",
+                    name,
+                    v
+                );
+                prop_assert!(v.as_u64().is_some(), "{}: {} is read as u64", name, v);
+            }
+            _ => {
+                let s = v.as_str().unwrap_or_default();
+                prop_assert!(!s.trim().is_empty(), "{}: {}", name, v);
+                match key.ty {
+                    Ty::ClockTime => {
+                        prop_assert!(crate::rotation::parse_reset_time(s).is_some(), "{}", s)
+                    }
+                    Ty::Offset => {
+                        prop_assert!(crate::rotation::parse_utc_offset(s).is_some(), "{}", s)
+                    }
+                    Ty::Url => prop_assert!(crate::oauth::check_url(s).is_ok(), "{}", s),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Any valid file and environment is accepted, each key resolved env > file >
+        /// default.
+        #[test]
+        fn config_valid_is_accepted_env_over_file_over_default(
+            choices in choices(),
+            pretty in any::<bool>(),
+        ) {
+            let (file, env, want) = build(&choices);
+            let text = to_bytes(&Value::Object(file), pretty);
+            let got = parse_text(&text, &env).map_err(|e| {
+                TestCaseError::fail(format!(
+                    "a valid config was refused: {e}\n{}",
+                    String::from_utf8_lossy(&text)
+                ))
+            })?;
+            prop_assert_eq!(got, want);
+        }
+
+        /// A damaged config (a value of another type, any JSON, an unknown key, bad variable
+        /// text, damaged or random bytes) either loads, every value fitting the schema and
+        /// readable by the getters every command uses, or is exit 6 naming qwen.json or the
+        /// QWEN_CRED_ variable; never a panic.
+        #[test]
+        fn config_damaged_loads_within_the_schema_or_names_the_problem(
+            choices in choices(),
+            (at, damage) in damage(),
+            pretty in any::<bool>(),
+            edits in option::weighted(0.33, edits()),
+            junk in option::weighted(0.1, vec(any::<u8>(), 0..=64)),
+        ) {
+            let (mut file, mut env, _) = build(&choices);
+            let key = at.get(KEYS);
+            match damage {
+                Damage::Retype(candidates, i) => {
+                    let v = retype(&default_value(key.default), &candidates, i);
+                    file.insert(key.name.to_string(), v);
+                }
+                Damage::Any(v) | Damage::Number(v) => {
+                    file.insert(key.name.to_string(), v);
+                }
+                Damage::UnknownKey(k, v) => {
+                    file.insert(k, v);
+                }
+                Damage::EnvText(t) => {
+                    env.retain(|(n, _)| n != key.name);
+                    env.push((key.name.to_string(), t));
+                }
+                Damage::Nothing => {}
+            }
+            let mut text = to_bytes(&Value::Object(file), pretty);
+            if let Some(e) = &edits {
+                text = apply(text, e);
+            }
+            if let Some(j) = junk {
+                text = j;
+            }
+            match parse_text(&text, &env) {
+                Ok(values) => {
+                    let schema = schema();
+                    prop_assert_eq!(values.len(), KEYS.len());
+                    for (key, (k, v, _)) in KEYS.iter().zip(&values) {
+                        prop_assert_eq!(key.name, *k);
+                        prop_assert!(schema["properties"][*k].is_object(), "{}", k);
+                        check_value(key, v, &schema["properties"][*k])?;
+                    }
+                    // The typed getters behind every command must not trip on what was
+                    // accepted.
+                    let cfg = Config {
+                        settings: Settings::from_resolved(&values),
+                        values,
+                        dir: PathBuf::new(),
+                        config_path: PathBuf::new(),
+                        qwen_dir: PathBuf::new(),
+                        opencode_auth_file: PathBuf::new(),
+                        account_id_env: None,
+                        browser: None,
+                        has_display: false,
+                        debug: false,
+                    };
+                    let _ = cfg.rotation_policy();
+                    let _ = cfg.oauth_settings();
+                    let _ = cfg.lock_timeout();
+                }
+                Err(e) => {
+                    prop_assert_eq!(e.exit_code(), 6);
+                    let msg = e.to_string();
+                    prop_assert!(
+                        msg.starts_with("qwen.json") || msg.starts_with("QWEN_CRED_"),
+                        "{}",
+                        msg
+                    );
+                }
+            }
+        }
     }
 }

@@ -6,8 +6,6 @@ mod commands;
 mod config;
 mod error;
 mod files;
-#[cfg(test)]
-mod fuzz_tests;
 mod journal;
 mod lock;
 mod msg;
@@ -18,6 +16,8 @@ mod rotation;
 mod secret;
 mod signals;
 mod store;
+#[cfg(test)]
+mod strategies;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -1009,3 +1009,138 @@ mod tests {
         );
     }
 }
+
+/// Properties of reading the token endpoint's answer over generated input (README, Property
+/// tests).
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::strategies::{apply, edits, json, number, text, to_bytes};
+    use proptest::collection::vec;
+    use proptest::option;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    const KEYS: &[&str] = &[
+        "access_token",
+        "refresh_token",
+        "token_type",
+        "expires_in",
+        "resource_url",
+        "id_token",
+    ];
+
+    /// A full answer as a server sends it; `expires_in` as a number or a padded string.
+    fn answer() -> impl Strategy<Value = (String, String, u64, bool)> {
+        (
+            any::<u64>().prop_map(|n| format!("at-SECRET-{n}")),
+            any::<u64>().prop_map(|n| format!("rt-SECRET-{n}")),
+            1..=i64::MAX as u64,
+            proptest::bool::weighted(0.25),
+        )
+    }
+
+    fn answer_json(at: &str, rt: &str, expires: u64, as_text: bool) -> Value {
+        serde_json::json!({
+            "access_token": at,
+            "refresh_token": rt,
+            "token_type": "Bearer",
+            "expires_in": if as_text { Value::from(format!(" {expires}")) } else { Value::from(expires) },
+            "resource_url": "portal.qwen.ai",
+            "id_token": "a.b.c",
+        })
+    }
+
+    /// One field of the answer removed, nulled, of any JSON type, a number, or text with a
+    /// character in it that must not reach a header line.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        Remove,
+        Null,
+        Any(Value),
+        Number(Value),
+        Text(String),
+    }
+
+    /// Whitespace and control characters, ASCII and not.
+    const BREAKS: &[char] = &[
+        ' ', '\t', '\n', '\r', '\u{0}', '\u{b}', '\u{c}', '\u{1b}', '\u{7f}', '\u{85}', '\u{a0}',
+        '\u{2028}', '\u{3000}',
+    ];
+
+    fn damage() -> impl Strategy<Value = (&'static str, Damage)> {
+        let kind = prop_oneof![
+            Just(Damage::Remove),
+            Just(Damage::Null),
+            json(2).prop_map(Damage::Any),
+            number().prop_map(Damage::Number),
+            (text(), select(BREAKS), text())
+                .prop_map(|(a, c, b)| Damage::Text(format!("{a}{c}{b}"))),
+        ];
+        (select(KEYS), kind)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// A full answer is kept as sent: both tokens, and `expires_in` as a number or a
+        /// numeric string.
+        #[test]
+        fn token_response_keeps_a_full_answer((at, rt, expires, as_text) in answer()) {
+            let t = TokenResponse::from_json(&answer_json(&at, &rt, expires, as_text));
+            prop_assert_eq!(t.access_token.as_ref().map(Secret::expose), Some(at.as_str()));
+            prop_assert_eq!(t.refresh_token.as_ref().map(Secret::expose), Some(rt.as_str()));
+            prop_assert_eq!(t.expires_in, expires);
+        }
+
+        /// Whatever comes (fields removed, nulled, of other types; any JSON; damaged bytes
+        /// that still parse): what is kept is what was sent, a kept access token is fit for
+        /// a header line (no whitespace or control character), a refresh token sent is never
+        /// dropped, and the token type is never blank.
+        #[test]
+        fn token_response_keeps_what_was_sent(
+            (at, rt, expires, as_text) in answer(),
+            damages in vec(damage(), 1..=4),
+            any_json in option::weighted(0.2, json(3)),
+            pretty in any::<bool>(),
+            edits in option::weighted(0.25, edits()),
+        ) {
+            let mut v = answer_json(&at, &rt, expires, as_text);
+            for (k, d) in damages {
+                match d {
+                    Damage::Remove => {
+                        if let Some(m) = v.as_object_mut() {
+                            m.shift_remove(k);
+                        }
+                    }
+                    Damage::Null => v[k] = Value::Null,
+                    Damage::Any(x) | Damage::Number(x) => v[k] = x,
+                    Damage::Text(t) => v[k] = Value::from(t),
+                }
+            }
+            if let Some(x) = any_json {
+                v = x;
+            }
+            let mut bytes = to_bytes(&v, pretty);
+            if let Some(e) = &edits {
+                bytes = apply(bytes, e);
+            }
+            let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+                return Ok(());
+            };
+            let t = TokenResponse::from_json(&v);
+            if let Some(a) = &t.access_token {
+                let a = a.expose();
+                prop_assert!(!a.is_empty());
+                prop_assert!(!a.chars().any(|c| c.is_whitespace() || c.is_control()), "{:?}", a);
+                prop_assert_eq!(Some(a), v.get("access_token").and_then(Value::as_str));
+            }
+            let sent_rt = v
+                .get("refresh_token")
+                .and_then(Value::as_str)
+                .filter(|s| !s.trim().is_empty());
+            prop_assert_eq!(t.refresh_token.as_ref().map(Secret::expose), sent_rt);
+            prop_assert!(!t.token_type.trim().is_empty());
+        }
+    }
+}

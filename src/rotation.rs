@@ -384,8 +384,8 @@ pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<u64> {
     Some(ahead.div_ceil(1000))
 }
 
-pub(crate) const SHORT_DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-pub(crate) const LONG_DAYS: [&str; 7] = [
+const SHORT_DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+const LONG_DAYS: [&str; 7] = [
     "Monday",
     "Tuesday",
     "Wednesday",
@@ -394,7 +394,7 @@ pub(crate) const LONG_DAYS: [&str; 7] = [
     "Saturday",
     "Sunday",
 ];
-pub(crate) const MONTHS: [&str; 12] = [
+const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
@@ -1650,5 +1650,149 @@ mod tests {
             Outcome::Ignored,
             "bad index: no panic"
         );
+    }
+}
+
+/// Properties of Retry-After parsing over generated input (README, Property tests).
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::strategies::{apply, edits, text};
+    use proptest::collection::vec;
+    use proptest::prelude::{any, prop_assert, prop_assert_eq, prop_oneof, proptest};
+    use proptest::sample::select;
+    use proptest::strategy::Strategy;
+    use proptest::test_runner::Config as ProptestConfig;
+
+    /// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z in Unix seconds.
+    const FIRST: i64 = -62_135_596_800;
+    const LAST: i64 = 253_402_300_799;
+
+    const EDGES: &[i64] = &[i64::MIN, i64::MAX, 0, -1, LAST * 1000 + 999, FIRST * 1000];
+    const WHITESPACE: &[&str] = &["", " ", "  ", "\t", "\r\n", " \t "];
+
+    /// The caller's clock in Unix ms: an edge, any i64, or 1970 to 2100.
+    fn now() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            1 => select(EDGES),
+            1 => any::<i64>(),
+            2 => 0i64..=4_102_444_800_000,
+        ]
+    }
+
+    /// A Unix second in years 1..=9999: any, or (two times in three) within about a day of
+    /// `now`.
+    fn date_near(now: i64, near: bool, any_t: i64, offset: i64) -> i64 {
+        match near {
+            true => (now / 1000).clamp(FIRST, LAST) + offset,
+            false => any_t,
+        }
+        .clamp(FIRST, LAST)
+    }
+
+    fn date() -> impl Strategy<Value = (bool, i64, i64)> {
+        (
+            proptest::bool::weighted(0.67),
+            FIRST..=LAST,
+            -100_000i64..=100_000,
+        )
+    }
+
+    /// The three HTTP-date forms of RFC 9110 §5.6.7 for Unix second `t`: IMF-fixdate,
+    /// rfc850-date, asctime-date.
+    fn http_dates(t: i64) -> Option<[String; 3]> {
+        let d = OffsetDateTime::from_unix_timestamp(t).ok()?;
+        let wd = d.weekday().number_days_from_monday() as usize;
+        let mon = MONTHS[usize::from(u8::from(d.month())) - 1];
+        let clock = format!("{:02}:{:02}:{:02}", d.hour(), d.minute(), d.second());
+        let (day, year) = (d.day(), d.year());
+        Some([
+            format!("{}, {day:02} {mon} {year:04} {clock} GMT", SHORT_DAYS[wd]),
+            format!(
+                "{}, {day:02}-{mon}-{:02} {clock} GMT",
+                LONG_DAYS[wd],
+                year.rem_euclid(100)
+            ),
+            format!("{} {mon} {day:>2} {clock} {year:04}", SHORT_DAYS[wd]),
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Delta-seconds: any u32, with leading zeros and ASCII whitespace around it, is its
+        /// number; any u64 is itself; wider than u64 is the longest wait, never a wrapped
+        /// number or no hint; a negative number is no hint.
+        #[test]
+        fn retry_after_delta_seconds_are_their_number(
+            now in now(),
+            n in any::<u32>(),
+            zeros in 0usize..3,
+            before in select(WHITESPACE),
+            after in select(WHITESPACE),
+            big in any::<u64>(),
+            tail in 0u64..1 << 30,
+        ) {
+            let v = format!("{before}{}{n}{after}", "0".repeat(zeros));
+            prop_assert_eq!(parse_retry_after(&v, now), Some(u64::from(n)), "{:?}", v);
+            prop_assert_eq!(parse_retry_after(&big.to_string(), now), Some(big));
+            let wide = format!("{}{tail:020}", big.max(1));
+            prop_assert_eq!(parse_retry_after(&wide, now), Some(u64::MAX), "{}", wide);
+            prop_assert_eq!(parse_retry_after(&format!("-{n}"), now), None);
+        }
+
+        /// An HTTP-date in years 1..=9999, in each of the three forms: the seconds until it,
+        /// rounded up, 0 when past. rfc850's two-digit year is read within 50 years of now.
+        #[test]
+        fn retry_after_http_dates_are_the_seconds_until_them(
+            now in now(),
+            (near, any_t, offset) in date(),
+        ) {
+            let t = date_near(now, near, any_t, offset);
+            let [imf, rfc850, asctime] = http_dates(t).unwrap_or_default();
+            let want = u64::try_from(
+                (i128::from(t) * 1000 - i128::from(now)).clamp(0, i128::from(i64::MAX)),
+            )
+            .map(|ms| ms.div_ceil(1000))
+            .ok();
+            prop_assert_eq!(parse_retry_after(&imf, now), want, "{:?} now {}", imf, now);
+            prop_assert_eq!(parse_retry_after(&asctime, now), want, "{:?} now {}", asctime, now);
+            let now_s = now.div_euclid(1000);
+            if (now_s - t).abs() < 40 * 365 * 86_400 && (FIRST..=LAST).contains(&now_s) {
+                prop_assert_eq!(parse_retry_after(&rfc850, now), want, "{:?} now {}", rfc850, now);
+            }
+        }
+
+        /// A damaged date: any answer or none, but no panic, and never a wait past the end of
+        /// year 9999 unless the damage left plain digits (delta-seconds).
+        #[test]
+        fn retry_after_damaged_dates_never_pass_year_9999(
+            now in now(),
+            (near, any_t, offset) in date(),
+            form in 0usize..3,
+            edits in edits(),
+        ) {
+            let t = date_near(now, near, any_t, offset);
+            let dates = http_dates(t).unwrap_or_default();
+            let b = apply(dates[form].clone().into_bytes(), &edits);
+            let s = String::from_utf8_lossy(&b);
+            if let Some(secs) = parse_retry_after(&s, now) {
+                if !s.trim_ascii().bytes().all(|c| c.is_ascii_digit()) {
+                    let last = (i128::from(LAST) - i128::from(now) / 1000 + 1).max(0);
+                    prop_assert!(i128::from(secs) <= last, "{:?} now {}: {}", s, now, secs);
+                }
+            }
+        }
+
+        /// Any text at all: an answer or none, never a panic.
+        #[test]
+        fn retry_after_any_text_never_panics(
+            now in now(),
+            s in text(),
+            b in vec(any::<u8>(), 0..=40),
+        ) {
+            let _ = parse_retry_after(&s, now);
+            let _ = parse_retry_after(&String::from_utf8_lossy(&b), now);
+        }
     }
 }

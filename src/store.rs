@@ -949,4 +949,481 @@ mod tests {
         }
         assert_eq!(s.next_id(), "2");
     }
+
+    /// Found by the randomised store tests: `Map::remove` swapped the last unknown field into
+    /// the hole a known one left, so every rewrite reordered other tools' fields.
+    #[test]
+    fn unknown_fields_keep_their_order_across_rewrites() {
+        let s = parse(r#"{"z": 1, "version": "1.0", "a": 2, "accounts": [], "m": 3, "b": 4}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let keys: Vec<&str> = s.extra.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["z", "a", "m", "b"]);
+        let again = Store::parse(&s.to_json(), Path::new("qwen-accounts.json"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.to_json(), s.to_json());
+    }
+}
+
+/// Properties of `Store::parse` and `to_json` over generated input (README, Property tests).
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::strategies::{apply, edits, json, number, other_types, retype, text, to_bytes};
+    use proptest::collection::vec;
+    use proptest::option;
+    use proptest::prelude::*;
+    use proptest::sample::{select, Index};
+    use serde_json::{Map, Value};
+
+    fn file() -> &'static Path {
+        Path::new("qwen-accounts.json")
+    }
+
+    fn time() -> impl Strategy<Value = Value> {
+        (0..=MAX_TIME_MS).prop_map(Value::from)
+    }
+
+    /// A nullable field: missing, null, or a value.
+    fn nullable<S: Strategy<Value = Value>>(s: S) -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![Just(None), Just(Some(Value::Null)), s.prop_map(Some)]
+    }
+
+    /// Fields this version does not know, each with where it goes among the known ones.
+    fn unknown(depth: u32) -> impl Strategy<Value = Vec<(String, Value, Index)>> {
+        vec((text(), json(depth), any::<Index>()), 0..3)
+    }
+
+    /// `fields` in order, with `unknown` (named `{prefix}{n}_...`) put among them; an
+    /// object's members keep that order (`preserve_order`).
+    fn object(
+        mut fields: Vec<(String, Value)>,
+        unknown: Vec<(String, Value, Index)>,
+        prefix: &str,
+    ) -> Value {
+        for (n, (name, v, at)) in unknown.into_iter().enumerate() {
+            let at = at.index(fields.len() + 1);
+            fields.insert(at, (format!("{prefix}{n}_{name}"), v));
+        }
+        Value::Object(fields.into_iter().collect::<Map<_, _>>())
+    }
+
+    /// An account files.md allows, but for its id: given as `x<text>` (one in five) or
+    /// left to its place in the list.
+    #[derive(Debug, Clone)]
+    struct GenAccount {
+        id: Option<String>,
+        fields: Vec<(String, Value)>,
+        unknown: Vec<(String, Value, Index)>,
+    }
+
+    fn account() -> impl Strategy<Value = GenAccount> {
+        let text_or_null = || prop_oneof![Just(Value::Null), text().prop_map(Value::from)];
+        let tokens = (
+            option::weighted(0.2, text()),
+            prop_oneof![1 => Just(Value::Null), 3 => text().prop_map(Value::from)],
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+            text_or_null(),
+            time(),
+        );
+        let rest = (
+            proptest::array::uniform6(nullable(time())),
+            option::of(0..=i64::MAX),
+            option::of(any::<u32>()),
+            option::of(any::<bool>()),
+            option::weighted(0.33, select(&["active", "revoked"][..])),
+            proptest::array::uniform4(option::weighted(0.33, text())),
+            unknown(2),
+        );
+        (tokens, rest).prop_map(|(tokens, rest)| {
+            let (id, email, at, rt, bearer, resource_url, expiry) = tokens;
+            let (times, total, consecutive, primary, status, texts, unknown) = rest;
+            let mut f: Vec<(String, Value)> = vec![
+                ("email".into(), email),
+                ("access_token".into(), format!("at-SECRET-{at}").into()),
+                ("refresh_token".into(), format!("rt-SECRET-{rt}").into()),
+            ];
+            if bearer {
+                f.push(("token_type".into(), "Bearer".into()));
+            }
+            f.push(("resource_url".into(), resource_url));
+            f.push(("expiry_date".into(), expiry));
+            let time_keys = [
+                "created_at",
+                "last_used_at",
+                "rate_limit_resets_at",
+                "last_rate_limited_at",
+                "status_changed_at",
+                "refresh_failed_at",
+            ];
+            for (k, t) in time_keys.into_iter().zip(times) {
+                f.extend(t.map(|t| (k.to_string(), t)));
+            }
+            f.extend(total.map(|n| ("total_requests".into(), n.into())));
+            f.extend(consecutive.map(|n| ("consecutive_rate_limits".into(), n.into())));
+            f.extend(primary.map(|b| ("is_primary".into(), b.into())));
+            f.extend(status.map(|s| ("status".into(), s.into())));
+            let text_keys = [
+                "rate_limit_reason",
+                "status_reason",
+                "linked_file",
+                "linked_refresh_fp",
+            ];
+            for (k, t) in text_keys.into_iter().zip(texts) {
+                f.extend(t.map(|t| (k.to_string(), t.into())));
+            }
+            GenAccount {
+                id,
+                fields: f,
+                unknown,
+            }
+        })
+    }
+
+    /// A store files.md allows, as JSON.
+    fn store() -> impl Strategy<Value = Value> {
+        let head = (
+            option::weighted(0.8, select(&["1.0", "1", "1.7", "01.0"][..])),
+            proptest::bool::weighted(0.8),
+            0..=MAX_ACCOUNTS,
+            vec(account(), 0..=MAX_ACCOUNTS),
+            (0u8..3, any::<Index>(), text()),
+        );
+        let tail = (
+            option::weighted(0.33, 0..=i64::MAX),
+            option::weighted(0.33, time()),
+            option::weighted(
+                0.33,
+                prop_oneof![Just(Value::Null), text().prop_map(Value::from)],
+            ),
+            nullable(time()),
+            unknown(3),
+        );
+        (head, tail).prop_map(|(head, tail)| {
+            let (version, has_max, spare, accounts, current) = head;
+            let (streak, background, removed_fp, unwritable_at, unknown) = tail;
+            let max = (accounts.len() + spare).clamp(1, MAX_ACCOUNTS);
+            let mut ids = Vec::new();
+            let mut list = Vec::new();
+            for (i, a) in accounts.into_iter().enumerate() {
+                let id = match a.id {
+                    Some(t) => format!("x{t}-{i}"),
+                    None => (i + 1).to_string(),
+                };
+                let mut fields = vec![("id".to_string(), Value::from(id.clone()))];
+                fields.extend(a.fields);
+                list.push(object(fields, a.unknown, "other"));
+                ids.push(id);
+            }
+            let mut f: Vec<(String, Value)> = Vec::new();
+            f.extend(version.map(|v| ("version".into(), v.into())));
+            if has_max {
+                f.push(("max_accounts".into(), max.into()));
+            }
+            f.push(("accounts".into(), Value::Array(list)));
+            let current = match current {
+                (1, i, _) if !ids.is_empty() => Value::from(i.get(&ids).clone()),
+                (2, _, t) => Value::from(t),
+                _ => Value::Null,
+            };
+            f.push(("current_account_id".into(), current));
+            f.extend(streak.map(|n| ("current_streak".into(), n.into())));
+            f.extend(background.map(|t| ("last_background_refresh_at".into(), t)));
+            f.extend(removed_fp.map(|s| ("removed_qwen_cli_fp".into(), s)));
+            f.extend(unwritable_at.map(|t| ("qwen_dir_unwritable_warned_at".into(), t)));
+            object(f, unknown, "tool")
+        })
+    }
+
+    /// The store's field names, and an account's.
+    const STORE_KEYS: &[&str] = &[
+        "version",
+        "max_accounts",
+        "current_account_id",
+        "current_streak",
+        "last_background_refresh_at",
+        "removed_qwen_cli_fp",
+        "qwen_dir_unwritable_warned_at",
+    ];
+    const ACCOUNT_KEYS: &[&str] = &[
+        "id",
+        "email",
+        "access_token",
+        "refresh_token",
+        "token_type",
+        "resource_url",
+        "expiry_date",
+        "created_at",
+        "last_used_at",
+        "total_requests",
+        "rate_limit_resets_at",
+        "is_primary",
+        "rate_limit_reason",
+        "consecutive_rate_limits",
+        "last_rate_limited_at",
+        "status",
+        "status_reason",
+        "status_changed_at",
+        "linked_file",
+        "linked_refresh_fp",
+        "refresh_failed_at",
+    ];
+
+    /// Any JSON under the store's field names (and others), accounts included: reaches
+    /// every check of a field's value.
+    fn shaped() -> impl Strategy<Value = Value> {
+        let member = |names: &'static [&'static str]| {
+            (
+                prop_oneof![3 => select(names).prop_map(str::to_string), 1 => text()],
+                prop_oneof![number(), text().prop_map(Value::from), json(2)],
+            )
+        };
+        let account =
+            vec(member(ACCOUNT_KEYS), 0..8).prop_map(|m| Value::Object(m.into_iter().collect()));
+        (vec(member(STORE_KEYS), 0..5), vec(account, 0..4)).prop_map(|(top, accounts)| {
+            let mut m: Map<String, Value> = top.into_iter().collect();
+            m.insert("accounts".into(), Value::Array(accounts));
+            Value::Object(m)
+        })
+    }
+
+    /// Structural damage to one field of the store or of one account.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        Remove,
+        Null,
+        Retype(Vec<Value>, Index),
+        /// Any number in a field that holds a number or null.
+        Number(Value),
+        /// Copies of the first account appended, up to one past the most a store may hold.
+        Duplicate(usize),
+        /// A whole account replaced by any JSON.
+        Account(Value),
+    }
+
+    fn damage() -> impl Strategy<Value = (Option<Index>, Index, Damage)> {
+        let kind = prop_oneof![
+            1 => Just(Damage::Remove),
+            1 => Just(Damage::Null),
+            1 => (other_types(), any::<Index>()).prop_map(|(c, i)| Damage::Retype(c, i)),
+            3 => number().prop_map(Damage::Number),
+            1 => (0..=MAX_ACCOUNTS + 1).prop_map(Damage::Duplicate),
+            1 => json(2).prop_map(Damage::Account),
+        ];
+        (option::of(any::<Index>()), any::<Index>(), kind)
+    }
+
+    fn harm(v: &mut Value, (account, key, damage): &(Option<Index>, Index, Damage)) {
+        let Value::Object(top) = v else { return };
+        if let (Damage::Duplicate(_) | Damage::Account(_), Some(Value::Array(a))) =
+            (damage, top.get_mut("accounts"))
+        {
+            match damage {
+                Damage::Duplicate(n) => {
+                    if let Some(first) = a.first().cloned() {
+                        for _ in 0..*n {
+                            if a.len() > MAX_ACCOUNTS {
+                                break;
+                            }
+                            a.push(first.clone());
+                        }
+                    }
+                }
+                Damage::Account(x) if !a.is_empty() => {
+                    let i = key.index(a.len());
+                    a[i] = x.clone();
+                }
+                _ => {}
+            }
+            return;
+        }
+        let accounts = top
+            .get("accounts")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        let target: &mut Map<String, Value> = match account {
+            Some(i) if accounts > 0 => match top
+                .get_mut("accounts")
+                .and_then(Value::as_array_mut)
+                .and_then(|a| a.get_mut(i.index(accounts)))
+            {
+                Some(Value::Object(m)) => m,
+                _ => return,
+            },
+            _ => top,
+        };
+        // A number goes into a field that holds a number (or null), where its range is
+        // checked; the other damage into any field.
+        let keys: Vec<String> = target
+            .iter()
+            .filter(|(_, v)| !matches!(damage, Damage::Number(_)) || v.is_number() || v.is_null())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let k = key.get(&keys).clone();
+        match damage {
+            Damage::Remove => {
+                target.shift_remove(&k);
+            }
+            Damage::Null => {
+                target.insert(k, Value::Null);
+            }
+            Damage::Retype(candidates, i) => {
+                let old = target.get(&k).cloned().unwrap_or_default();
+                target.insert(k, retype(&old, candidates, *i));
+            }
+            Damage::Number(n) => {
+                target.insert(k, n.clone());
+            }
+            Damage::Duplicate(_) | Damage::Account(_) => {}
+        }
+    }
+
+    /// What every store `parse` accepts satisfies (files.md); and it survives a write and a
+    /// re-read unchanged, unknown fields included, and writing it again is byte-identical.
+    fn check_store(s: &Store, input: &[u8]) -> std::result::Result<(), TestCaseError> {
+        prop_assert!(s.max_accounts >= 1 && s.max_accounts <= MAX_ACCOUNTS);
+        prop_assert!(s.accounts.len() <= s.max_accounts);
+        for (i, a) in s.accounts.iter().enumerate() {
+            prop_assert!(!a.id.is_empty() && !a.access_token.expose().is_empty());
+            prop_assert!(!a.refresh_token.expose().is_empty());
+            prop_assert!(s.accounts[..i].iter().all(|b| b.id != a.id), "duplicate id");
+            let times = [
+                Some(a.expiry_date),
+                Some(a.created_at),
+                a.last_used_at,
+                a.rate_limit_resets_at,
+                a.last_rate_limited_at,
+                a.status_changed_at,
+                a.refresh_failed_at,
+            ];
+            for t in times.into_iter().flatten() {
+                prop_assert!((0..=MAX_TIME_MS).contains(&t), "time {}", t);
+            }
+        }
+        let written = s.to_json();
+        let again = Store::parse(&written, file()).map_err(|e| {
+            TestCaseError::fail(format!(
+                "a parsed store does not re-parse: {e}\ninput: {}\nwritten: {}",
+                String::from_utf8_lossy(input),
+                String::from_utf8_lossy(&written)
+            ))
+        })?;
+        prop_assert_eq!(&again, s, "round trip changed the store");
+        let rewritten = again.to_json();
+        prop_assert_eq!(
+            String::from_utf8_lossy(&rewritten),
+            String::from_utf8_lossy(&written),
+            "writing is not stable"
+        );
+        Ok(())
+    }
+
+    /// A refused file is exit 6 with one line that names it and quotes no token.
+    fn check_store_error(e: &Error) -> std::result::Result<(), TestCaseError> {
+        prop_assert_eq!(e.exit_code(), 6);
+        let msg = e.to_string();
+        prop_assert!(msg.starts_with("qwen-accounts.json: "), "{}", msg);
+        prop_assert!(!msg.contains("SECRET"), "a token in an error: {}", msg);
+        prop_assert!(!msg.contains('\n'), "{}", msg);
+        Ok(())
+    }
+
+    /// `extra` holds exactly the members of `v` whose names start with `prefix`, in order,
+    /// each as its JSON text: the compact text when the input was compact.
+    fn check_unknown(
+        extra: &Extra,
+        v: &Value,
+        prefix: &str,
+        compact: bool,
+    ) -> std::result::Result<(), TestCaseError> {
+        let want: Vec<(&String, &Value)> = v
+            .as_object()
+            .map(|m| m.iter().filter(|(k, _)| k.starts_with(prefix)).collect())
+            .unwrap_or_default();
+        prop_assert_eq!(extra.0.len(), want.len());
+        for ((k, raw), (wk, wv)) in extra.0.iter().zip(want) {
+            prop_assert_eq!(k, wk);
+            let read: Value = serde_json::from_str(raw.get()).unwrap_or_default();
+            prop_assert_eq!(&read, wv, "{}", k);
+            if compact {
+                prop_assert_eq!(raw.get(), serde_json::to_string(wv).unwrap_or_default());
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// A store files.md allows parses, round-trips, and keeps every unknown field, at the
+        /// top and in each account, with its exact text and in its place among the others.
+        #[test]
+        fn store_valid_parses_round_trips_and_keeps_unknown_fields(
+            v in store(),
+            pretty in any::<bool>(),
+        ) {
+            let text = to_bytes(&v, pretty);
+            let s = Store::parse(&text, file()).map_err(|e| {
+                TestCaseError::fail(format!(
+                    "a valid store was refused: {e}\n{}",
+                    String::from_utf8_lossy(&text)
+                ))
+            })?;
+            check_store(&s, &text)?;
+            check_unknown(&s.extra, &v, "tool", !pretty)?;
+            let accounts = v["accounts"].as_array().cloned().unwrap_or_default();
+            prop_assert_eq!(s.accounts.len(), accounts.len());
+            for (a, va) in s.accounts.iter().zip(&accounts) {
+                check_unknown(&a.extra, va, "other", !pretty)?;
+            }
+        }
+
+        /// A damaged store (fields removed, nulled, of another type, numbers anywhere, too
+        /// many accounts, an account that is any JSON; then maybe its bytes damaged) parses and round-trips, or is refused
+        /// with exit 6 naming the file; never a panic.
+        #[test]
+        fn store_damaged_round_trips_or_is_refused_naming_the_file(
+            mut v in store(),
+            damages in vec(damage(), 0..=3),
+            pretty in any::<bool>(),
+            edits in option::weighted(0.25, edits()),
+        ) {
+            for d in &damages {
+                harm(&mut v, d);
+            }
+            let mut text = to_bytes(&v, pretty);
+            if let Some(e) = &edits {
+                text = apply(text, e);
+            }
+            match Store::parse(&text, file()) {
+                Ok(s) => check_store(&s, &text)?,
+                Err(e) => check_store_error(&e)?,
+            }
+        }
+
+        /// Any bytes, any JSON, or any JSON under the store's own field names: a store that
+        /// round-trips, or exit 6 naming the file.
+        #[test]
+        fn store_any_input_round_trips_or_is_refused_naming_the_file(
+            text in prop_oneof![
+                vec(any::<u8>(), 0..=256),
+                (json(4), any::<bool>()).prop_map(|(v, pretty)| to_bytes(&v, pretty)),
+                (shaped(), any::<bool>()).prop_map(|(v, pretty)| to_bytes(&v, pretty)),
+            ],
+            edits in option::weighted(0.5, edits()),
+        ) {
+            let text = match &edits {
+                Some(e) => apply(text, e),
+                None => text,
+            };
+            match Store::parse(&text, file()) {
+                Ok(s) => check_store(&s, &text)?,
+                Err(e) => check_store_error(&e)?,
+            }
+        }
+    }
 }
