@@ -35,6 +35,14 @@ impl Cli {
             Some(Command::Remove(a)) => a.pool.as_ref(),
             Some(Command::Import(a)) => a.pool.as_ref(),
             Some(Command::Config(a)) => a.pool.as_ref(),
+            Some(Command::Label(a)) => a.pool.as_ref(),
+            Some(Command::Enable(a)) => a.pool.as_ref(),
+            Some(Command::Disable(a)) => a.pool.as_ref(),
+            Some(Command::Reset(a)) => a.pool.as_ref(),
+            Some(Command::Status(a)) => a.pool.as_ref(),
+            Some(Command::Doctor(a)) => a.pool.as_ref(),
+            // A completion script is the same for every pool.
+            Some(Command::Completions(_)) => None,
             Some(Command::Opencode(Opencode {
                 command: OpencodeCommand::Install(a),
             })) => a.pool.as_ref(),
@@ -61,8 +69,15 @@ pub enum Command {
     Use(Use),
     Remove(Remove),
     Import(Import),
+    Label(Label),
+    Enable(Enable),
+    Disable(Disable),
+    Reset(Reset),
+    Status(StatusCmd),
+    Doctor(Doctor),
     Config(ConfigCmd),
     Opencode(Opencode),
+    Completions(Completions),
 }
 
 #[derive(FromArgs, Debug)]
@@ -161,6 +176,9 @@ pub struct Login {
     /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
     #[argh(option, arg_name = "name")]
     pub pool: Option<PoolName>,
+    /// a name for the new account, shown by list and status
+    #[argh(option)]
+    pub label: Option<String>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -182,10 +200,13 @@ pub struct Refresh {
     /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
     #[argh(option, arg_name = "name")]
     pub pool: Option<PoolName>,
+    /// print the result of each account as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
 }
 
 #[derive(FromArgs, Debug)]
-/// Show the accounts: id, email or fingerprint, state, token expiry, requests, last use.
+/// Show the accounts: id, name, state, token expiry, requests, last use.
 #[argh(subcommand, name = "list")]
 pub struct List {
     /// print a JSON array instead of a table
@@ -194,18 +215,24 @@ pub struct List {
     /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
     #[argh(option, arg_name = "name")]
     pub pool: Option<PoolName>,
+    /// print only the account ids, one per line
+    #[argh(switch)]
+    pub ids: bool,
 }
 
 #[derive(FromArgs, Debug)]
 /// Make an account the current one.
 #[argh(subcommand, name = "use")]
 pub struct Use {
-    /// account id, or its email where unambiguous
+    /// account id, or its label or email where unambiguous
     #[argh(positional)]
     pub id: String,
     /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
     #[argh(option, arg_name = "name")]
     pub pool: Option<PoolName>,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
 }
 
 #[derive(FromArgs, Debug)]
@@ -221,6 +248,9 @@ pub struct Remove {
     /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
     #[argh(option, arg_name = "name")]
     pub pool: Option<PoolName>,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
 }
 
 #[derive(FromArgs, Debug)]
@@ -236,6 +266,134 @@ pub struct Import {
     /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
     #[argh(option, arg_name = "name")]
     pub pool: Option<PoolName>,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Give an account a name of your own, shown by list and status and usable as its ID.
+#[argh(subcommand, name = "label")]
+pub struct Label {
+    /// account id, or its label or email where unambiguous
+    #[argh(positional)]
+    pub id: String,
+    /// the new label
+    #[argh(positional)]
+    pub name: Option<String>,
+    /// remove the label
+    #[argh(switch)]
+    pub clear: bool,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
+}
+
+#[derive(FromArgs, Debug)]
+/// Put a disabled account back in rotation.
+#[argh(subcommand, name = "enable")]
+pub struct Enable {
+    /// account id, or its label or email where unambiguous
+    #[argh(positional)]
+    pub id: String,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
+}
+
+#[derive(FromArgs, Debug)]
+/// Take an account out of rotation, keeping it in the pool (a pinned --account still uses it).
+#[argh(subcommand, name = "disable")]
+pub struct Disable {
+    /// account id, or its label or email where unambiguous
+    #[argh(positional)]
+    pub id: String,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
+}
+
+#[derive(FromArgs, Debug)]
+/// Clear the cooldown of an account (or of all), e.g. after a misclassified 429.
+#[argh(subcommand, name = "reset")]
+pub struct Reset {
+    /// account id, or its label or email where unambiguous
+    #[argh(positional)]
+    pub id: Option<String>,
+    /// clear the cooldown of every account
+    #[argh(switch)]
+    pub all: bool,
+    /// print the outcome as JSON on stdout
+    #[argh(switch)]
+    pub json: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
+}
+
+#[derive(FromArgs, Debug)]
+/// Show each account in detail: state, token expiry, requests today and in the last hour,
+/// last error.
+#[argh(subcommand, name = "status")]
+pub struct StatusCmd {
+    /// print a JSON object instead of text
+    #[argh(switch)]
+    pub json: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
+}
+
+#[derive(FromArgs, Debug)]
+/// Check the installation, files and accounts; each problem with the command that fixes it.
+#[argh(subcommand, name = "doctor")]
+pub struct Doctor {
+    /// also ask the OAuth server (reachable, clock skew); spends no refresh token
+    #[argh(switch)]
+    pub online: bool,
+    /// print a JSON object instead of text
+    #[argh(switch)]
+    pub json: bool,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
+}
+
+#[derive(FromArgs, Debug)]
+/// Print a shell completion script: bash, zsh or fish.
+#[argh(subcommand, name = "completions")]
+pub struct Completions {
+    /// the shell: bash, zsh or fish
+    #[argh(positional)]
+    pub shell: Shell,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl std::str::FromStr for Shell {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Shell, String> {
+        match s {
+            "bash" => Ok(Shell::Bash),
+            "zsh" => Ok(Shell::Zsh),
+            "fish" => Ok(Shell::Fish),
+            _ => Err(format!("unknown shell \"{s}\": use bash, zsh or fish")),
+        }
+    }
 }
 
 #[derive(FromArgs, Debug)]
@@ -308,20 +466,293 @@ fn seconds(value: &str) -> Result<u64, String> {
     Err(format!("{value:?} is not a number of seconds"))
 }
 
-/// Parses argv. `help COMMAND` is `COMMAND --help`. Err carries argh's text and whether it is
-/// help output (exit 0, stdout) or a usage error (exit 2, stderr).
+/// Parses argv. `help COMMAND` is `COMMAND --help`, and `-h` is `--help`. Err carries the text
+/// to print and whether it is help output (exit 0, stdout) or a usage error (exit 2, stderr);
+/// a usage error names the nearest command or flag and the help to read.
 pub fn parse(args: &[String]) -> Result<Cli, (String, bool)> {
     let mut rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     if rest.first() == Some(&"help") {
         rest.remove(0);
         rest.push("--help");
     }
-    Cli::from_args(&["qwen-cred"], &rest).map_err(|e| (e.output, e.status.is_ok()))
+    if rest.contains(&"-h") {
+        short_help(&mut rest);
+    }
+    Cli::from_args(&["qwen-cred"], &rest).map_err(|e| match e.status.is_ok() {
+        true => (e.output, true),
+        false => (explain(&rest, &e.output), false),
+    })
+}
+
+/// The help text of the command `path` (`[]`: the program).
+pub fn help_of(path: &[&str]) -> String {
+    let mut args = path.to_vec();
+    args.push("--help");
+    match Cli::from_args(&["qwen-cred"], &args) {
+        Err(e) => e.output,
+        Ok(_) => String::new(),
+    }
+}
+
+/// The entries of one section of a help text (`Commands:`, `Options:`, `Positional
+/// Arguments:`): each name with its description (wrapped lines joined).
+fn section(help: &str, title: &str) -> Vec<(String, String)> {
+    let Some(body) = help.split(&format!("\n{title}\n")).nth(1) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, String)> = Vec::new();
+    for l in body.lines().take_while(|l| !l.trim().is_empty()) {
+        if l.starts_with("   ") {
+            if let Some((_, about)) = out.last_mut() {
+                about.push(' ');
+                about.push_str(l.trim());
+            }
+            continue;
+        }
+        let l = l.trim();
+        let (name, about) = l.split_once("  ").unwrap_or((l, ""));
+        if let Some(name) = name.split(',').next() {
+            out.push((name.trim().to_string(), about.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// The subcommands of a help text, with what each does.
+pub fn commands_in(help: &str) -> Vec<(String, String)> {
+    section(help, "Commands:")
+}
+
+/// The flags of a help text (`--help` included), with what each does.
+pub fn flags_in(help: &str) -> Vec<(String, String)> {
+    section(help, "Options:")
+}
+
+/// The positional arguments of a help text, by name.
+pub fn positionals_in(help: &str) -> Vec<String> {
+    section(help, "Positional Arguments:")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Whether `flag` takes a value, per the usage line (`[--account <account>]`).
+pub fn takes_value(help: &str, flag: &str) -> bool {
+    let usage = help.lines().next().unwrap_or("");
+    let words: Vec<&str> = usage
+        .split(|c: char| c.is_whitespace() || c == '[' || c == ']')
+        .filter(|w| !w.is_empty())
+        .collect();
+    words
+        .windows(2)
+        .any(|w| w[0] == flag && w[1].starts_with('<'))
+}
+
+/// The command path `args` names (`["opencode", "install"]`) and where its own arguments
+/// start. Levels with subcommands take only flags without values before the subcommand.
+fn command_path<'a>(args: &[&'a str]) -> (Vec<&'a str>, usize) {
+    let mut path: Vec<&str> = Vec::new();
+    let mut i = 0;
+    loop {
+        let commands = commands_in(&help_of(&path));
+        if commands.is_empty() {
+            return (path, i);
+        }
+        while args.get(i).is_some_and(|a| a.starts_with('-')) {
+            i += 1;
+        }
+        match args.get(i) {
+            Some(a) if commands.iter().any(|(c, _)| c == a) => {
+                path.push(a);
+                i += 1;
+            }
+            _ => return (path, i),
+        }
+    }
+}
+
+/// `-h` becomes `--help`, except as the value of an option (`--label -h`) or after `--`.
+fn short_help(args: &mut [&str]) {
+    let (path, start) = command_path(args);
+    let help = help_of(&path);
+    for i in 0..args.len() {
+        if args[i] == "--" && i >= start {
+            break;
+        }
+        let value = i > 0 && i > start && takes_value(&help, args[i - 1]);
+        if args[i] == "-h" && !value {
+            args[i] = "--help";
+        }
+    }
+}
+
+/// A usage error made helpful: an unknown command or flag gets the nearest known one, and
+/// every error the help to read.
+fn explain(args: &[&str], argh_text: &str) -> String {
+    let (path, _) = command_path(args);
+    let help = help_of(&path);
+    let cmd = path.join(" ");
+    let see = if cmd.is_empty() {
+        "run `qwen-cred help` for the commands".to_string()
+    } else {
+        format!("see `qwen-cred help {cmd}`")
+    };
+    // After "did you mean ...?" the hint starts a sentence.
+    let see_cap = see[..1].to_uppercase() + &see[1..];
+    let Some(word) = argh_text.trim().strip_prefix("Unrecognized argument: ") else {
+        let mut text = argh_text.trim_end().to_string();
+        text.push_str(&format!("\n{see}"));
+        return text;
+    };
+    let commands = commands_in(&help);
+    let flags = flags_in(&help);
+    let names = |list: &[(String, String)]| -> Vec<String> {
+        list.iter().map(|(n, _)| n.clone()).collect()
+    };
+    if word.starts_with('-') {
+        let what = match cmd.is_empty() {
+            true => format!("unknown flag `{word}`"),
+            false => format!("unknown flag `{word}` for `qwen-cred {cmd}`"),
+        };
+        return match nearest(word, &names(&flags)) {
+            Some(n) => format!("{what}; did you mean `{n}`? {see_cap}"),
+            None => format!("{what}; {see}"),
+        };
+    }
+    if !commands.is_empty() {
+        let what = match cmd.is_empty() {
+            true => format!("unknown command `{word}`"),
+            false => format!("unknown command `{word}` for `qwen-cred {cmd}`"),
+        };
+        return match nearest(word, &names(&commands)) {
+            Some(n) => {
+                let full = if cmd.is_empty() {
+                    n.clone()
+                } else {
+                    format!("{cmd} {n}")
+                };
+                format!("{what}; did you mean `{n}`? See `qwen-cred help {full}`, or `qwen-cred help` for all commands")
+            }
+            None => format!("{what}; {see}"),
+        };
+    }
+    // A word too many: perhaps a flag typed without its dashes (`list json`).
+    let dashed = format!("--{word}");
+    match nearest(&dashed, &names(&flags)) {
+        Some(n) => {
+            format!(
+                "unexpected argument `{word}` for `qwen-cred {cmd}`; did you mean `{n}`? {see_cap}"
+            )
+        }
+        None => format!("unexpected argument `{word}` for `qwen-cred {cmd}`; {see}"),
+    }
+}
+
+/// The candidate closest to `word`: one it starts (at least 2 characters), else one within
+/// a third of its length in edits (a swap of two neighbours counts as one), at most 2.
+fn nearest(word: &str, candidates: &[String]) -> Option<String> {
+    let bare = word.trim_start_matches('-');
+    if bare.chars().count() >= 2 {
+        let prefixed: Vec<&String> = candidates.iter().filter(|c| c.starts_with(word)).collect();
+        if let [only] = prefixed[..] {
+            return Some(only.clone());
+        }
+    }
+    let limit = (bare.chars().count() / 3).clamp(1, 2);
+    candidates
+        .iter()
+        .map(|c| (distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.clone())
+}
+
+/// Edit distance with adjacent transpositions (optimal string alignment).
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn nearest_takes_typos_swaps_and_prefixes_but_not_strangers() {
+        let cmds = names(&[
+            "token",
+            "report-429",
+            "refresh",
+            "remove",
+            "reset",
+            "status",
+        ]);
+        assert_eq!(nearest("tokn", &cmds).as_deref(), Some("token"));
+        assert_eq!(nearest("stauts", &cmds).as_deref(), Some("status"));
+        assert_eq!(nearest("report", &cmds).as_deref(), Some("report-429"));
+        assert_eq!(nearest("frobnicate", &cmds), None);
+        // An ambiguous prefix falls back to edits: "re" is two edits from nothing here.
+        assert_eq!(nearest("re", &cmds), None);
+        let flags = names(&["--account", "--format", "--no-wait", "--help"]);
+        assert_eq!(nearest("--acount", &flags).as_deref(), Some("--account"));
+        assert_eq!(nearest("--nowait", &flags).as_deref(), Some("--no-wait"));
+        assert_eq!(nearest("--x", &flags), None);
+        assert_eq!(distance("", "abc"), 3);
+        assert_eq!(distance("ab", "ba"), 1);
+    }
+
+    #[test]
+    fn help_texts_give_commands_flags_and_value_flags() {
+        let top = help_of(&[]);
+        let cmds: Vec<String> = commands_in(&top).into_iter().map(|(c, _)| c).collect();
+        assert!(cmds.contains(&"token".to_string()) && cmds.contains(&"opencode".to_string()));
+        let token = help_of(&["token"]);
+        let flags: Vec<String> = flags_in(&token).into_iter().map(|(f, _)| f).collect();
+        assert!(flags.contains(&"--account".into()) && flags.contains(&"--help".into()));
+        assert!(takes_value(&token, "--account") && !takes_value(&token, "--no-wait"));
+        assert_eq!(positionals_in(&help_of(&["remove"])), ["ids"]);
+        assert_eq!(
+            command_path(&["opencode", "install", "-h"]).0,
+            ["opencode", "install"]
+        );
+        assert_eq!(command_path(&["--version", "tokn"]), (vec![], 1));
+    }
+
+    #[test]
+    fn short_help_spares_option_values() {
+        let mut a = vec!["login", "--label", "-h"];
+        short_help(&mut a);
+        assert_eq!(a, ["login", "--label", "-h"]);
+        let mut a = vec!["token", "-h"];
+        short_help(&mut a);
+        assert_eq!(a, ["token", "--help"]);
+        let mut a = vec!["-h"];
+        short_help(&mut a);
+        assert_eq!(a, ["--help"]);
+    }
 
     fn args(v: &[&str]) -> Vec<String> {
         std::iter::once("qwen-cred")

@@ -177,6 +177,13 @@ impl Config {
     /// but a bad `QWEN_CRED_POOL`, which is exit 2 as a bad `--pool` is. `pool_arg` is the
     /// pool the command line names, which wins over `QWEN_CRED_POOL`.
     pub fn load(pool_arg: Option<&crate::pool::Name>) -> Result<Config> {
+        let (cfg, problem) = Config::load_lenient(pool_arg)?;
+        problem.map_or(Ok(cfg), Err)
+    }
+
+    /// As `load`, but a bad `qwen.json` or `QWEN_CRED_<KEY>` value comes back beside a config
+    /// of defaults (the paths as usual), so that `doctor` can go on and report it.
+    pub fn load_lenient(pool_arg: Option<&crate::pool::Name>) -> Result<(Config, Option<Error>)> {
         let home = dirs::home_dir();
         let dir = match env("QWEN_CRED_CONFIG_DIR") {
             Some(d) => PathBuf::from(d),
@@ -227,12 +234,18 @@ impl Config {
         let pool = crate::pool::Pool::new(&dir, pool_name);
         let config_path = dir.join("qwen.json");
         warn_if_open_to_others(&dir);
-        let file = read_config_file(&config_path)?;
-        let (values, warnings) = resolve(&config_path, &file, |k| env(&env_name(k)))?;
-        for w in warnings {
-            crate::msg::warn(&w);
-        }
-        Ok(Config {
+        let read = read_config_file(&config_path)
+            .and_then(|file| resolve(&config_path, &file, |k| env(&env_name(k))));
+        let (values, problem) = match read {
+            Ok((values, warnings)) => {
+                for w in warnings {
+                    crate::msg::warn(&w);
+                }
+                (values, None)
+            }
+            Err(e) => (resolve(&config_path, &Map::new(), |_| None)?.0, Some(e)),
+        };
+        let cfg = Config {
             settings: Settings::from_resolved(&values),
             values,
             dir,
@@ -246,7 +259,8 @@ impl Config {
                 || env("DISPLAY").is_some()
                 || env("WAYLAND_DISPLAY").is_some(),
             debug: env("QWEN_CRED_LOG").is_some_and(|v| v.eq_ignore_ascii_case("debug")),
-        })
+        };
+        Ok((cfg, problem))
     }
 
     pub fn store_path(&self) -> PathBuf {
@@ -320,6 +334,11 @@ impl Config {
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// `$PATH`, where `doctor` looks for the binary.
+pub fn path_var() -> std::ffi::OsString {
+    std::env::var_os("PATH").unwrap_or_default()
 }
 
 /// `QWEN_CRED_<KEY>`, upper-cased.

@@ -50,6 +50,26 @@ impl Error {
         }
     }
 
+    /// No account can serve: exit 3, naming the revoked and the disabled ones and what
+    /// brings each back.
+    pub fn none_usable(revoked: &[String], disabled: &[String]) -> Error {
+        if disabled.is_empty() {
+            return Error::no_account(revoked);
+        }
+        let mut why = Vec::new();
+        if !revoked.is_empty() {
+            why.push(format!(
+                "revoked: {} (run qwen-cred login)",
+                revoked.join(", ")
+            ));
+        }
+        why.push(format!(
+            "disabled: {} (`qwen-cred enable ID` puts one back)",
+            disabled.join(", ")
+        ));
+        Error::NoAccount(format!("no account can serve: {}", why.join("; ")))
+    }
+
     /// A file error naming the path and the I/O failure.
     pub fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
         Error::File(format!("{what} {}: {e}", path.display()))

@@ -42,6 +42,14 @@ pub struct Client {
     scope: String,
     device_url: String,
     token_url: String,
+    base_url: String,
+}
+
+/// What the OAuth server answered to a plain GET (`doctor --online`).
+pub struct Probe {
+    pub status: u16,
+    /// Its `Date` header, as sent.
+    pub date: Option<String>,
 }
 
 /// The answer to the device authorization request (RFC 8628 §3.2).
@@ -130,6 +138,27 @@ impl Client {
             scope: settings.scope.clone(),
             device_url: format!("{base}{DEVICE_PATH}"),
             token_url: format!("{base}{TOKEN_PATH}"),
+            base_url: format!("{base}/"),
+        })
+    }
+
+    /// GETs the server's base URL: whether it answers, and its clock. Sends nothing secret
+    /// and spends nothing (no token, no device code); any HTTP status counts as an answer.
+    pub fn probe(&self) -> std::result::Result<Probe, String> {
+        let url = &self.base_url;
+        let resp = self
+            .agent
+            .get(url)
+            .call()
+            .map_err(|e| format!("{url}: {e}"))?;
+        let date = resp
+            .headers()
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok(Probe {
+            status: resp.status().as_u16(),
+            date,
         })
     }
 

@@ -186,10 +186,12 @@ fn refresh_and_store(
                     a.status = Status::Revoked;
                     a.status_reason = Some(reason.clone());
                     a.status_changed_at = Some(now);
+                    a.last_error = Some(format!("revoked by the server: {reason}"));
+                    a.last_error_at = Some(now);
                     crate::msg::warn(&format!(
                         "account {} ({}) was revoked by the server ({reason}); run {} to sign it in again",
                         a.id,
-                        a.label(),
+                        a.name(),
                         a.relogin_hint()
                     ));
                 }
@@ -205,15 +207,18 @@ fn refresh_and_store(
             journal.discard();
             // Recorded so that callers queued behind this refresh do not repeat it at once.
             let now = crate::store::now_ms();
+            let why = redact(&why);
             crate::store::update(&set.pool, set.lock_timeout, |s| {
                 if let Some(a) = s.accounts.iter_mut().find(|a| a.id == id) {
                     if a.refresh_token == used {
                         a.refresh_failed_at = Some(now);
+                        a.last_error = Some(format!("refresh failed: {why}"));
+                        a.last_error_at = Some(now);
                     }
                 }
                 Ok(())
             })?;
-            Ok(Refreshed::Failed(redact(&why)))
+            Ok(Refreshed::Failed(why))
         }
     }
 }
@@ -266,6 +271,8 @@ fn store_answer(
             new.apply_to(a);
             if !usable {
                 a.refresh_failed_at = Some(now);
+                a.last_error = Some("refresh failed: the answer had no usable access_token".into());
+                a.last_error_at = Some(now);
             }
         }
         Ok(Some(a.clone()))

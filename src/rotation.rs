@@ -3,7 +3,7 @@
 //! and when the daily quota resets. No I/O, no clock and no environment here, so every rule is
 //! unit-tested with a fixed `now`; the commands do the sleeping, locking and printing.
 
-use crate::store::{Account, Status, Store, MAX_COUNT};
+use crate::store::{Account, Status, Store, MAX_COUNT, RECENT_STEPS, RECENT_STEP_MS};
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
 const DAY_MS: i64 = 86_400_000;
@@ -140,9 +140,20 @@ pub fn next_quota_reset(now_ms: i64, reset: &QuotaReset) -> i64 {
     }
 }
 
-/// Not cooling down. Revoked accounts are never usable.
+/// The daily quota reset at or before `now_ms`: the start of the quota day.
+pub fn last_quota_reset(now_ms: i64, reset: &QuotaReset) -> i64 {
+    next_quota_reset(now_ms, reset).saturating_sub(DAY_MS)
+}
+
+/// Not cooling down. Revoked and disabled accounts are never usable (for rotation; a pinned
+/// `--account` may still serve a disabled one).
 pub fn is_usable(a: &Account, now: i64) -> bool {
-    a.status != Status::Revoked && !is_cooling(a, now)
+    a.status != Status::Revoked && !a.disabled && !is_cooling(a, now)
+}
+
+/// May wait for its cooldown to end: not revoked, not disabled.
+fn in_rotation(a: &Account) -> bool {
+    a.status != Status::Revoked && !a.disabled
 }
 
 /// Its cooldown ends in the future (whatever its status).
@@ -185,9 +196,12 @@ pub enum Pick {
     Account(usize),
     /// Nothing usable now, but some account's cooldown ends at `soonest_ms`.
     AllCooling { soonest_ms: i64 },
-    /// Nothing to wait for: the pool is empty, revoked or skipped. `revoked` lists the ids to
-    /// name in the "run qwen-cred login" message.
-    Unavailable { revoked: Vec<String> },
+    /// Nothing to wait for: the pool is empty, revoked, disabled or skipped. `revoked` and
+    /// `disabled` list the ids to name in the message.
+    Unavailable {
+        revoked: Vec<String>,
+        disabled: Vec<String>,
+    },
 }
 
 /// The first index after `from` (wrapping, `from` itself last) that satisfies `ok`.
@@ -228,27 +242,79 @@ pub fn pick(store: &Store, policy: &Policy, now: i64, skip: &[String]) -> Pick {
     }
     let waiting = accounts
         .iter()
-        .filter(|a| a.status != Status::Revoked && !skip.contains(&a.id))
+        .filter(|a| in_rotation(a) && !skip.contains(&a.id))
         .filter_map(|a| a.rate_limit_resets_at.filter(|&r| r > now))
         .min();
+    let ids = |f: &dyn Fn(&Account) -> bool| -> Vec<String> {
+        accounts
+            .iter()
+            .filter(|a| f(a))
+            .map(|a| a.id.clone())
+            .collect()
+    };
     match waiting {
         Some(soonest_ms) => Pick::AllCooling { soonest_ms },
         None => Pick::Unavailable {
-            revoked: accounts
-                .iter()
-                .filter(|a| a.status == Status::Revoked)
-                .map(|a| a.id.clone())
-                .collect(),
+            revoked: ids(&|a| a.status == Status::Revoked),
+            disabled: ids(&|a| a.status != Status::Revoked && a.disabled),
         },
     }
 }
 
 /// A pinned token (`--account`) counts as a use but does not move `current`.
-pub fn record_pinned(s: &mut Store, i: usize, now: i64) -> Account {
+pub fn record_pinned(s: &mut Store, i: usize, policy: &Policy, now: i64) -> Account {
     let a = &mut s.accounts[i];
+    count_use(a, policy, now);
+    a.clone()
+}
+
+/// Counts one served token in the figures `status` shows: the total, the requests since the
+/// daily reset and those per 10-minute step. A few integers, updated under the lock the call
+/// holds anyway.
+fn count_use(a: &mut Account, policy: &Policy, now: i64) {
     a.total_requests = a.total_requests.saturating_add(1).min(MAX_COUNT);
     a.last_used_at = Some(now);
-    a.clone()
+    let day = last_quota_reset(now, &policy.quota_reset);
+    if a.daily_requests_since != Some(day) {
+        a.daily_requests = 0;
+        a.daily_requests_since = Some(day);
+    }
+    a.daily_requests = a.daily_requests.saturating_add(1).min(MAX_COUNT);
+    let step = now.div_euclid(RECENT_STEP_MS) * RECENT_STEP_MS;
+    a.recent_requests = recent_steps(a, step);
+    // A clock that stepped back keeps counting into the newest step.
+    a.recent_requests_at = Some(a.recent_requests_at.map_or(step, |at| at.max(step)));
+    let last = &mut a.recent_requests[RECENT_STEPS - 1];
+    *last = last.saturating_add(1).min(MAX_COUNT);
+}
+
+/// `a.recent_requests` moved on to the step that starts at `step`: older steps shift out.
+fn recent_steps(a: &Account, step: i64) -> [u64; RECENT_STEPS] {
+    let Some(at) = a.recent_requests_at else {
+        return [0; RECENT_STEPS];
+    };
+    let shift = usize::try_from(step.saturating_sub(at) / RECENT_STEP_MS).unwrap_or(0);
+    let mut out = [0; RECENT_STEPS];
+    if shift < RECENT_STEPS {
+        out[..RECENT_STEPS - shift].copy_from_slice(&a.recent_requests[shift..]);
+    }
+    out
+}
+
+/// Tokens served in the last hour: the current 10-minute step and the five before it.
+pub fn requests_last_hour(a: &Account, now: i64) -> u64 {
+    let step = now.div_euclid(RECENT_STEP_MS) * RECENT_STEP_MS;
+    recent_steps(a, step)
+        .iter()
+        .fold(0u64, |sum, &n| sum.saturating_add(n))
+}
+
+/// Tokens served since the last daily quota reset.
+pub fn requests_today(a: &Account, now: i64, reset: &QuotaReset) -> u64 {
+    match a.daily_requests_since {
+        Some(since) if since == last_quota_reset(now, reset) => a.daily_requests,
+        _ => 0,
+    }
 }
 
 /// Whether to start a detached `refresh --due`: another account is due and none was started
@@ -280,12 +346,11 @@ pub fn background_refresh_due(
 }
 
 /// Books one served token: the account becomes current and its use is counted.
-pub fn record_use(store: &mut Store, idx: usize, now: i64) {
+pub fn record_use(store: &mut Store, idx: usize, policy: &Policy, now: i64) {
     let Some(a) = store.accounts.get_mut(idx) else {
         return;
     };
-    a.total_requests = a.total_requests.saturating_add(1).min(MAX_COUNT);
-    a.last_used_at = Some(now);
+    count_use(a, policy, now);
     if store.current_account_id.as_deref() == Some(a.id.as_str()) {
         store.current_streak = store.current_streak.saturating_add(1).min(MAX_COUNT);
     } else {
@@ -294,12 +359,12 @@ pub fn record_use(store: &mut Store, idx: usize, now: i64) {
     }
 }
 
-/// The soonest future cooldown end among accounts that are not revoked.
+/// The soonest future cooldown end among accounts in rotation (not revoked, not disabled).
 pub fn soonest_reset(store: &Store, now: i64) -> Option<i64> {
     store
         .accounts
         .iter()
-        .filter(|a| a.status != Status::Revoked)
+        .filter(|a| in_rotation(a))
         .filter_map(|a| a.rate_limit_resets_at.filter(|&r| r > now))
         .min()
 }
@@ -346,7 +411,7 @@ fn month(s: &str) -> Option<Month> {
 
 /// The three HTTP-date forms of RFC 9110 §5.6.7, as Unix ms. The day name is checked for
 /// spelling only; the date decides.
-fn parse_http_date(s: &str, now_ms: i64) -> Option<i64> {
+pub fn parse_http_date(s: &str, now_ms: i64) -> Option<i64> {
     let parts: Vec<&str> = s.split_ascii_whitespace().collect();
     let (day, mon, year, clock) = match parts.as_slice() {
         // IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT"
@@ -901,7 +966,7 @@ mod tests {
         (0..n)
             .map(|_| match pick(s, p, NOW, &[]) {
                 Pick::Account(i) => {
-                    record_use(s, i, NOW);
+                    record_use(s, i, p, NOW);
                     s.accounts[i].id.clone()
                 }
                 other => panic!("expected an account, got {other:?}"),
@@ -1273,7 +1338,10 @@ mod tests {
         }
         assert_eq!(
             pick(&s, &policy(Strategy::Sticky), NOW, &ids(&["a", "b", "c"])),
-            Pick::Unavailable { revoked: vec![] }
+            Pick::Unavailable {
+                revoked: vec![],
+                disabled: vec![]
+            }
         );
         // A skipped account's cooldown is not something to wait for.
         cool(&mut s, 1, NOW + 10_000);
@@ -1297,7 +1365,10 @@ mod tests {
         let p = Policy::default();
         assert_eq!(
             pick(&store(&[]), &p, NOW, &[]),
-            Pick::Unavailable { revoked: vec![] }
+            Pick::Unavailable {
+                revoked: vec![],
+                disabled: vec![]
+            }
         );
 
         let mut s = store(&["a", "b", "c"]);
@@ -1327,7 +1398,48 @@ mod tests {
         assert_eq!(
             pick(&s, &p, NOW, &[]),
             Pick::Unavailable {
-                revoked: ids(&["a", "b", "c"])
+                revoked: ids(&["a", "b", "c"]),
+                disabled: vec![]
+            }
+        );
+        assert_eq!(soonest_reset(&s, NOW), None);
+    }
+
+    #[test]
+    fn disabled_accounts_are_out_of_rotation() {
+        for strat in [
+            Strategy::Sticky,
+            Strategy::Hybrid,
+            Strategy::RoundRobin,
+            Strategy::LeastUsed,
+        ] {
+            let p = policy(strat);
+            let mut s = store(&["a", "b", "c"]);
+            s.current_account_id = Some("a".into());
+            s.accounts[0].disabled = true;
+            s.accounts[2].disabled = true;
+            assert_eq!(serve(&mut s, &p, 3), ids(&["b"; 3]), "{strat:?}");
+        }
+        let p = Policy::default();
+        let mut s = store(&["a", "b", "c"]);
+        s.accounts[0].disabled = true;
+        revoke(&mut s, 1);
+        cool(&mut s, 2, NOW + 10_000);
+        // A disabled account's cooldown is nothing to wait for.
+        cool(&mut s, 0, NOW + 1_000);
+        assert_eq!(
+            pick(&s, &p, NOW, &[]),
+            Pick::AllCooling {
+                soonest_ms: NOW + 10_000
+            }
+        );
+        assert_eq!(soonest_reset(&s, NOW), Some(NOW + 10_000));
+        s.accounts[2].disabled = true;
+        assert_eq!(
+            pick(&s, &p, NOW, &[]),
+            Pick::Unavailable {
+                revoked: ids(&["b"]),
+                disabled: ids(&["a", "c"])
             }
         );
         assert_eq!(soonest_reset(&s, NOW), None);
@@ -1335,23 +1447,56 @@ mod tests {
 
     #[test]
     fn record_use_counts_and_tracks_the_streak() {
+        let p = Policy::default();
         let mut s = store(&["a", "b"]);
-        record_use(&mut s, 1, NOW);
+        record_use(&mut s, 1, &p, NOW);
         assert_eq!(
             (s.current_account_id.as_deref(), s.current_streak),
             (Some("b"), 1)
         );
-        record_use(&mut s, 1, NOW + 5);
+        record_use(&mut s, 1, &p, NOW + 5);
         assert_eq!(s.current_streak, 2);
         assert_eq!(s.accounts[1].total_requests, 2);
         assert_eq!(s.accounts[1].last_used_at, Some(NOW + 5));
-        record_use(&mut s, 0, NOW + 6);
+        record_use(&mut s, 0, &p, NOW + 6);
         assert_eq!(
             (s.current_account_id.as_deref(), s.current_streak),
             (Some("a"), 1)
         );
-        record_use(&mut s, 9, NOW); // out of range: no panic, no change
+        record_use(&mut s, 9, &p, NOW); // out of range: no panic, no change
         assert_eq!(s.current_streak, 1);
+    }
+
+    #[test]
+    fn uses_are_counted_per_quota_day_and_per_hour() {
+        // NOW is 15:40 UTC = 23:40 at +08:00: the quota day ends in 20 minutes.
+        let p = Policy::default();
+        let m = 60_000;
+        let mut s = store(&["a"]);
+        let a = |s: &Store| s.accounts[0].clone();
+        assert_eq!(
+            last_quota_reset(NOW, &p.quota_reset),
+            ms("2026-11-22T16:00:00Z")
+        );
+        for t in [NOW - 70 * m, NOW - 30 * m, NOW - 30 * m, NOW - m, NOW] {
+            record_pinned(&mut s, 0, &p, t);
+        }
+        assert_eq!(a(&s).total_requests, 5);
+        assert_eq!(requests_today(&a(&s), NOW, &p.quota_reset), 5);
+        // The one 70 minutes ago is out of the hour.
+        assert_eq!(requests_last_hour(&a(&s), NOW), 4);
+        // Later, the steps shift out: 45 minutes on only the last two remain.
+        assert_eq!(requests_last_hour(&a(&s), NOW + 45 * m), 2);
+        assert_eq!(requests_last_hour(&a(&s), NOW + 2 * H), 0);
+        // After the daily reset (at 16:00 UTC) the day's count starts again.
+        assert_eq!(requests_today(&a(&s), NOW + 25 * m, &p.quota_reset), 0);
+        record_use(&mut s, 0, &p, NOW + 25 * m);
+        assert_eq!(requests_today(&a(&s), NOW + 25 * m, &p.quota_reset), 1);
+        assert_eq!(requests_last_hour(&a(&s), NOW + 25 * m), 5);
+        assert_eq!(a(&s).total_requests, 6);
+        // A clock that steps back counts into the newest step and loses nothing.
+        record_use(&mut s, 0, &p, NOW - 3 * H);
+        assert_eq!(requests_last_hour(&a(&s), NOW + 25 * m), 6);
     }
 
     // ---- Retry-After and 429 classification ----

@@ -79,9 +79,31 @@ pub struct Account {
     /// When a refresh last failed transiently (Unix ms): callers that queued behind that
     /// refresh do not repeat it at once.
     pub refresh_failed_at: Option<i64>,
+    /// A name the user gave the account (`label`, `login --label`).
+    pub label: Option<String>,
+    /// Kept in the pool but out of rotation (`disable`); a pinned `--account` still serves it.
+    pub disabled: bool,
+    /// 8 hex digits of the SHA-256 of the account's first refresh token, kept for its life:
+    /// how an account without email is told apart (the refresh token changes every refresh).
+    pub fingerprint: String,
+    /// Tokens served since the daily quota reset at `daily_requests_since` (Unix ms).
+    pub daily_requests: u64,
+    pub daily_requests_since: Option<i64>,
+    /// Tokens served per 10-minute step, oldest first, the newest starting at
+    /// `recent_requests_at` (Unix ms): the requests of the last hour.
+    pub recent_requests: [u64; RECENT_STEPS],
+    pub recent_requests_at: Option<i64>,
+    /// The last refresh failure or revocation, as shown by `status` (redacted server text).
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
     /// Fields this version does not know, written back unchanged.
     pub extra: Extra,
 }
+
+/// `recent_requests` counts in steps of this many ms ...
+pub const RECENT_STEP_MS: i64 = 600_000;
+/// ... and keeps this many steps: the current one and the five before it.
+pub const RECENT_STEPS: usize = 6;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Store {
@@ -258,6 +280,29 @@ impl Fields<'_> {
         )
     }
 
+    /// An array of at most `N` non-negative integers, missing ones 0.
+    fn counts<const N: usize>(&mut self, key: &str) -> Result<[u64; N]> {
+        let expected = format!("an array of at most {N} non-negative integers");
+        let mut out = [0; N];
+        let Some(raw) = self.take(key, true, &expected)? else {
+            return Ok(out);
+        };
+        let list = serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())
+            .ok()
+            .filter(|l| l.len() <= N)
+            .ok_or_else(|| self.err(key, &expected))?;
+        for (slot, v) in out.iter_mut().zip(&list) {
+            // JSON integer text only, as `int` takes it.
+            *slot = v
+                .get()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n <= MAX_COUNT)
+                .ok_or_else(|| self.err(key, &expected))?;
+        }
+        Ok(out)
+    }
+
     fn bool(&mut self, key: &str) -> Result<Option<bool>> {
         match self
             .take(key, false, "true or false")?
@@ -387,9 +432,16 @@ impl Store {
         out
     }
 
-    /// Finds an account by id, or by email when that is unambiguous.
+    /// Finds an account by id, else by label, else by email when that is unambiguous.
     pub fn find(&self, id: &str) -> Result<usize> {
         if let Some(i) = self.accounts.iter().position(|a| a.id == id) {
+            return Ok(i);
+        }
+        if let Some(i) = self
+            .accounts
+            .iter()
+            .position(|a| a.label.as_deref() == Some(id))
+        {
             return Ok(i);
         }
         let by_email: Vec<usize> = (0..self.accounts.len())
@@ -423,7 +475,7 @@ impl Store {
         }
         self.accounts
             .iter()
-            .map(|a| format!("{} {}", a.id, a.label()))
+            .map(|a| format!("{} {}", a.id, a.name()))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -492,7 +544,7 @@ impl Account {
             id: String::new(),
             email: String::new(),
             access_token: access,
-            refresh_token: refresh,
+            refresh_token: refresh.clone(),
             token_type: "Bearer".into(),
             resource_url: None,
             expiry_date,
@@ -511,6 +563,15 @@ impl Account {
             linked_file: None,
             linked_refresh_fp: None,
             refresh_failed_at: None,
+            label: None,
+            disabled: false,
+            fingerprint: refresh.fingerprint(),
+            daily_requests: 0,
+            daily_requests_since: None,
+            recent_requests: [0; RECENT_STEPS],
+            recent_requests_at: None,
+            last_error: None,
+            last_error_at: None,
             extra: Extra::default(),
         }
     }
@@ -525,12 +586,17 @@ impl Account {
         }
     }
 
-    /// The email, else a fingerprint of the refresh token (never the token).
-    pub fn label(&self) -> String {
-        if self.email.is_empty() {
-            format!("fp {}", self.refresh_token.fingerprint())
+    /// How the account is named in messages and tables: its label, else its email, else its
+    /// fingerprint (never a token); a label with the email or fingerprint after it.
+    pub fn name(&self) -> String {
+        let who = if self.email.is_empty() {
+            format!("fp {}", self.fingerprint)
         } else {
             self.email.clone()
+        };
+        match &self.label {
+            Some(l) => format!("{l} ({who})"),
+            None => who,
         }
     }
 
@@ -578,6 +644,22 @@ impl Account {
         let refresh_failed_at = f.time("refresh_failed_at", true)?;
         let linked_file = f.string("linked_file", true)?;
         let linked_refresh_fp = f.string("linked_refresh_fp", true)?;
+        let label = f.string("label", true)?.filter(|l| !l.is_empty());
+        let disabled = f.bool("disabled")?.unwrap_or(false);
+        // An account from before fingerprints were kept gets the one of its refresh token now,
+        // and keeps it from the next write on.
+        let fingerprint = f
+            .string("fingerprint", true)?
+            .filter(|fp| !fp.is_empty())
+            .unwrap_or_else(|| refresh_token.fingerprint());
+        let daily_requests = f
+            .int("daily_requests", false, i64::MAX, "a non-negative integer")?
+            .unwrap_or(0) as u64;
+        let daily_requests_since = f.time("daily_requests_since", true)?;
+        let recent_requests = f.counts("recent_requests")?;
+        let recent_requests_at = f.time("recent_requests_at", true)?;
+        let last_error = f.string("last_error", true)?;
+        let last_error_at = f.time("last_error_at", true)?;
         Ok(Account {
             id,
             email,
@@ -601,6 +683,15 @@ impl Account {
             linked_file,
             linked_refresh_fp,
             refresh_failed_at,
+            label,
+            disabled,
+            fingerprint,
+            daily_requests,
+            daily_requests_since,
+            recent_requests,
+            recent_requests_at,
+            last_error,
+            last_error_at,
             extra: f.map.rest(),
         })
     }
@@ -675,6 +766,31 @@ impl Serialize for Account {
         }
         if let Some(t) = self.refresh_failed_at {
             m.serialize_entry("refresh_failed_at", &t)?;
+        }
+        if let Some(l) = &self.label {
+            m.serialize_entry("label", l)?;
+        }
+        if self.disabled {
+            m.serialize_entry("disabled", &true)?;
+        }
+        m.serialize_entry("fingerprint", &self.fingerprint)?;
+        if self.daily_requests != 0 {
+            m.serialize_entry("daily_requests", &self.daily_requests)?;
+        }
+        if let Some(t) = self.daily_requests_since {
+            m.serialize_entry("daily_requests_since", &t)?;
+        }
+        if self.recent_requests.iter().any(|&n| n != 0) {
+            m.serialize_entry("recent_requests", &self.recent_requests)?;
+        }
+        if let Some(t) = self.recent_requests_at {
+            m.serialize_entry("recent_requests_at", &t)?;
+        }
+        if let Some(e) = &self.last_error {
+            m.serialize_entry("last_error", e)?;
+        }
+        if let Some(t) = self.last_error_at {
+            m.serialize_entry("last_error_at", &t)?;
         }
         self.extra.write(&mut m)?;
         m.end()

@@ -536,6 +536,22 @@ fn the_man_page_covers_every_command_and_flag() {
     assert!(checked > 10, "{checked} commands checked");
 }
 
+/// `mandoc -T lint -W warning` finds nothing to warn about in the man page.
+#[test]
+fn the_man_page_passes_mandoc_lint() {
+    let Some(mandoc) = util::program("QWEN_CRED_TEST_MANDOC", "mandoc") else {
+        return;
+    };
+    let page = concat!(env!("CARGO_MANIFEST_DIR"), "/man/qwen-cred.1");
+    let o = Env::new()
+        .command(mandoc)
+        .args(["-T", "lint", "-W", "warning", page])
+        .output()
+        .expect("run mandoc");
+    let report = format!("{}{}", util::text(&o.stdout), util::text(&o.stderr));
+    assert!(o.status.success() && report.is_empty(), "{report}");
+}
+
 /// The command names listed under `Commands:` in an argh help text.
 fn subcommands(help: &str) -> Vec<String> {
     help.split("Commands:")

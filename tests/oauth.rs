@@ -37,7 +37,7 @@ fn login_adds_an_account_with_pkce_and_reports_progress_as_json() {
     assert!(events[0]["user_code"].is_string());
     assert_eq!(
         events[1],
-        json!({"event": "success", "account_id": "1", "email": "alice@example.com", "label": "alice@example.com"})
+        json!({"event": "success", "account_id": "1", "email": "alice@example.com", "label": null, "name": "alice@example.com"})
     );
     assert!(err.contains("confirm the code"), "{err}");
 

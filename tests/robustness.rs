@@ -79,7 +79,15 @@ fn without(s: &Value, top: &[&str], per_account: &[&str]) -> Value {
 /// more request and a new `last_used_at`. Returns whether it is the new state.
 fn one_token_use_at_most(before: &Value, after: &Value) -> bool {
     let volatile_top = ["current_streak", "last_background_refresh_at"];
-    let volatile_account = ["total_requests", "last_used_at"];
+    // With the usage counters of `status`.
+    let volatile_account = [
+        "total_requests",
+        "last_used_at",
+        "daily_requests",
+        "daily_requests_since",
+        "recent_requests",
+        "recent_requests_at",
+    ];
     assert_eq!(
         without(before, &volatile_top, &volatile_account),
         without(after, &volatile_top, &volatile_account),
@@ -121,6 +129,8 @@ fn kill_9_at_random_moments_leaves_the_old_or_the_new_store() {
     // Nothing here needs the server; a refresh attempt would fail fast.
     env.set("QWEN_CRED_OAUTH_BASE_URL", "http://127.0.0.1:9");
     env.write_store(&store_with(3));
+    // The first write adds what this version keeps (each account's fingerprint).
+    env.expect(&["token"], 0);
     let dir = env.config_dir();
     let mut before = env.read_store();
     let (mut old, mut new, mut completed, mut temps_seen) = (0, 0, 0, 0);
@@ -356,6 +366,10 @@ const CORPUS: &[(&str, [i32; 3], &str)] = &[
     ("store-status-null.json", [6; 3], "accounts[1].status: expected a string"),
     ("store-rate-limit-string.json", [6; 3], "accounts[1].rate_limit_resets_at: expected"),
     ("store-current-id-number.json", [6; 3], "current_account_id: expected a string"),
+    ("store-disabled-string.json", [6; 3], "accounts[1].disabled: expected true or false"),
+    ("store-label-number.json", [6; 3], "accounts[1].label: expected a string"),
+    ("store-recent-requests-too-long.json", [6; 3], "accounts[1].recent_requests: expected an array of at most 6"),
+    ("store-recent-requests-negative.json", [6; 3], "accounts[1].recent_requests: expected an array of at most 6"),
     // Huge numbers.
     ("store-huge-expiry.json", [6; 3], "accounts[0].expiry_date: expected a number"),
     ("store-expiry-after-9999.json", [6; 3], "accounts[1].expiry_date: expected a number"),

@@ -5,6 +5,7 @@ mod util;
 
 mod clients;
 mod core;
+mod doctor;
 mod headers;
 mod keep;
 mod oauth;
@@ -14,4 +15,6 @@ mod qwen_cli;
 mod robustness;
 mod rotation;
 mod serve;
+mod shell;
+mod steer;
 mod terminal;

@@ -1,6 +1,7 @@
-//! Managing the pool by hand: `list`, `use`, `remove`, `import`.
+//! Managing the pool by hand: `list`, `use`, `remove`, `import`, `label`, `enable`,
+//! `disable`, `reset`, and the account object every `--json` output shares.
 
-use crate::cli::{Import, List, Remove, Use};
+use crate::cli::{Disable, Enable, Import, Label, List, Remove, Reset, Use};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::msg::{relative, rfc3339};
@@ -9,19 +10,21 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 
 pub fn list(cfg: &Config, args: &List) -> Result<()> {
+    if args.json && args.ids {
+        return Err(Error::Usage("give --json or --ids, not both".into()));
+    }
     // Writes are atomic renames, so a plain read sees a whole file without the lock.
     let s = store::load(&cfg.store_path())?;
     let now = crate::store::now_ms();
+    if args.ids {
+        let ids: String = s.accounts.iter().map(|a| format!("{}\n", a.id)).collect();
+        return crate::msg::out(&ids);
+    }
     if args.json {
         let items: Vec<Value> = s
             .accounts
             .iter()
-            .map(|a| {
-                let mut v = account_json(&s, a, now);
-                v["pending_journal"] = crate::journal::is_pending(&cfg.pool, &a.id).into();
-                v["pool"] = cfg.pool.arg().into();
-                v
-            })
+            .map(|a| account_json(cfg, &s, a, now))
             .collect();
         return super::config::print_json(&Value::Array(items));
     }
@@ -38,11 +41,6 @@ pub fn list(cfg: &Config, args: &List) -> Result<()> {
         .accounts
         .iter()
         .map(|a| {
-            let expiry = if crate::rotation::is_expired(a, now) {
-                format!("expired {}", relative(a.expiry_date, now))
-            } else {
-                relative(a.expiry_date, now)
-            };
             let used = a.last_used_at.map_or("never".into(), |t| relative(t, now));
             let mut state = state_text(&s, a, now);
             if crate::journal::is_pending(&cfg.pool, &a.id) {
@@ -50,9 +48,9 @@ pub fn list(cfg: &Config, args: &List) -> Result<()> {
             }
             [
                 a.id.clone(),
-                a.label(),
+                a.name(),
                 state,
-                expiry,
+                expiry_text(a, now),
                 a.total_requests.to_string(),
                 used,
             ]
@@ -66,29 +64,43 @@ pub fn list(cfg: &Config, args: &List) -> Result<()> {
         "REQUESTS",
         "LAST USED",
     ];
+    // A named pool says which it is; the default pool's table stays as it always was.
+    let title = match cfg.pool.name() {
+        Some(p) => format!("pool {p}: {}\n", cfg.store_path().display()),
+        None => String::new(),
+    };
+    crate::msg::out(&(title + &table(&head, &rows)))
+}
+
+/// Left-aligned columns two spaces apart, trailing blanks trimmed.
+pub fn table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) -> String {
     let mut w = head.map(str::len);
-    for r in &rows {
+    for r in rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
         }
     }
-    let line = |cells: [&str; 6]| {
+    let line = |cells: [&str; N]| {
         let mut l = String::new();
         for (i, c) in cells.iter().enumerate() {
             l += &format!("{c:<width$}  ", width = w[i]);
         }
         l.trim_end().to_string() + "\n"
     };
-    // A named pool says which it is; the default pool's table stays as it always was.
-    let mut text = match cfg.pool.name() {
-        Some(p) => format!("pool {p}: {}\n", cfg.store_path().display()),
-        None => String::new(),
-    };
-    text += &line(head);
-    for r in &rows {
-        text += &line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
+    let mut text = line(*head);
+    for r in rows {
+        text += &line(std::array::from_fn(|i| r[i].as_str()));
     }
-    crate::msg::out(&text)
+    text
+}
+
+/// `in 1h 59m`, or `expired 3m ago`.
+pub fn expiry_text(a: &Account, now: i64) -> String {
+    if crate::rotation::is_expired(a, now) {
+        format!("expired {}", relative(a.expiry_date, now))
+    } else {
+        relative(a.expiry_date, now)
+    }
 }
 
 fn cooling_until(a: &Account, now: i64) -> Option<i64> {
@@ -99,29 +111,38 @@ fn state_text(s: &Store, a: &Account, now: i64) -> String {
     if a.status == Status::Revoked {
         return format!("revoked: run {}", a.relogin_hint());
     }
-    if let Some(t) = cooling_until(a, now) {
+    let cooling = cooling_until(a, now).map(|t| {
         let reason = a.rate_limit_reason.as_deref().unwrap_or("rate limit");
-        return format!("cooling down until {} ({reason})", rfc3339(t));
-    }
-    if s.current_account_id.as_deref() == Some(&a.id) {
-        "current".into()
-    } else {
-        "ok".into()
+        format!("cooling down until {} ({reason})", rfc3339(t))
+    });
+    match (a.disabled, cooling) {
+        (true, Some(c)) => format!("disabled, {c}"),
+        (true, None) => "disabled".into(),
+        (false, Some(c)) => c,
+        (false, None) if s.current_account_id.as_deref() == Some(&a.id) => "current".into(),
+        (false, None) => "ok".into(),
     }
 }
 
-fn account_json(s: &Store, a: &Account, now: i64) -> Value {
-    let state = match () {
+/// `revoked`, `disabled`, `cooling_down`, `current` or `ok`, the first that holds.
+pub fn state_word(s: &Store, a: &Account, now: i64) -> &'static str {
+    match () {
         _ if a.status == Status::Revoked => "revoked",
+        _ if a.disabled => "disabled",
         _ if cooling_until(a, now).is_some() => "cooling_down",
         _ if s.current_account_id.as_deref() == Some(&a.id) => "current",
         _ => "ok",
-    };
+    }
+}
+
+/// One account as every `--json` output shows it (the man page's ACCOUNT OBJECT). Never a
+/// token.
+pub fn account_json(cfg: &Config, s: &Store, a: &Account, now: i64) -> Value {
     json!({
         "id": a.id,
         "email": a.email,
-        "fingerprint": a.refresh_token.fingerprint(),
-        "state": state,
+        "fingerprint": a.fingerprint,
+        "state": state_word(s, a, now),
         "current": s.current_account_id.as_deref() == Some(&a.id),
         "status_reason": a.status_reason,
         "expires_at": rfc3339(a.expiry_date),
@@ -133,18 +154,66 @@ fn account_json(s: &Store, a: &Account, now: i64) -> Value {
         "rate_limit_reason": cooling_until(a, now).and(a.rate_limit_reason.clone()),
         "is_primary": a.is_primary,
         "linked_file": a.linked_file,
+        "label": a.label,
+        "name": a.name(),
+        "disabled": a.disabled,
+        "pending_journal": crate::journal::is_pending(&cfg.pool, &a.id),
+        "pool": cfg.pool.arg(),
     })
 }
 
+/// Runs `f` on the account `id` names, under the store lock; prints `{"changed", "account"}`
+/// with `--json`. `f` says whether it changed anything.
+fn change_one(
+    cfg: &Config,
+    id: &str,
+    json: bool,
+    f: impl FnOnce(&mut Store, usize) -> Result<bool>,
+) -> Result<()> {
+    let now = crate::store::now_ms();
+    let (changed, out) = crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
+        let i = s.find(id)?;
+        let changed = f(s, i)?;
+        Ok((changed, account_json(cfg, s, &s.accounts[i], now)))
+    })?;
+    if json {
+        return super::config::print_json(&json!({"changed": changed, "account": out}));
+    }
+    Ok(())
+}
+
 pub fn use_(cfg: &Config, args: &Use) -> Result<()> {
-    crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
-        let i = s.find(&args.id)?;
-        let id = s.accounts[i].id.clone();
-        if s.current_account_id.as_deref() != Some(&id) {
-            s.current_account_id = Some(id);
-            s.current_streak = 0;
+    let now = crate::store::now_ms();
+    change_one(cfg, &args.id, args.json, |s, i| {
+        let a = &s.accounts[i];
+        // It becomes current all the same; `token` moves on from it while it cannot serve.
+        if a.status == Status::Revoked {
+            crate::msg::warn(&format!(
+                "account {} is revoked; token skips it until you run {}",
+                a.id,
+                a.relogin_hint()
+            ));
+        } else if a.disabled {
+            crate::msg::warn(&format!(
+                "account {} is disabled; token skips it until `qwen-cred enable {}`",
+                a.id, a.id
+            ));
+        } else if let Some(t) = cooling_until(a, now) {
+            crate::msg::warn(&format!(
+                "account {} is cooling down until {} ({}); token skips it until then, or until `qwen-cred reset {}` clears the cooldown",
+                a.id,
+                rfc3339(t),
+                a.rate_limit_reason.as_deref().unwrap_or("rate limit"),
+                a.id
+            ));
         }
-        Ok(())
+        let id = a.id.clone();
+        if s.current_account_id.as_deref() == Some(&id) {
+            return Ok(false);
+        }
+        s.current_account_id = Some(id);
+        s.current_streak = 0;
+        Ok(true)
     })
 }
 
@@ -154,7 +223,7 @@ pub fn remove(cfg: &Config, args: &Remove) -> Result<()> {
             "give account ids to remove, or --all (not both)".into(),
         ));
     }
-    crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
+    let (removed, current) = crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
         let removed = if args.all {
             s.current_account_id = None;
             s.current_streak = 0;
@@ -183,8 +252,15 @@ pub fn remove(cfg: &Config, args: &Remove) -> Result<()> {
         {
             s.removed_qwen_cli_fp = Some(fp);
         }
-        Ok(())
-    })
+        let ids: Vec<String> = removed.into_iter().map(|a| a.id).collect();
+        Ok((ids, s.current_account_id.clone()))
+    })?;
+    if args.json {
+        return super::config::print_json(
+            &json!({"removed": removed, "current_account_id": current}),
+        );
+    }
+    Ok(())
 }
 
 pub fn import(cfg: &Config, args: &Import) -> Result<()> {
@@ -199,7 +275,140 @@ pub fn import(cfg: &Config, args: &Import) -> Result<()> {
         .path
         .as_ref()
         .map_or_else(|| cfg.qwen_cli_file(), PathBuf::from);
-    let outcome = super::import_file(cfg, &path, args.email.as_deref())?;
-    crate::msg::warn(&outcome);
+    let imported = super::import_file(cfg, &path, args.email.as_deref())?;
+    crate::msg::warn(&imported.message);
+    if args.json {
+        return super::config::print_json(&json!({
+            "outcome": if imported.added { "added" } else { "updated" },
+            "account": imported.account,
+        }));
+    }
+    Ok(())
+}
+
+/// The longest label, in characters.
+const MAX_LABEL: usize = 64;
+
+/// Why `name` cannot label account `i` of `s`, if it cannot: it must name one account only.
+fn check_label(s: &Store, i: usize, name: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::Usage(format!("label {name:?}: {why}")));
+    if name.trim().is_empty() || name.trim() != name {
+        return bad("give a name without leading or trailing blanks");
+    }
+    if name.chars().count() > MAX_LABEL || name.chars().any(char::is_control) {
+        return bad(&format!(
+            "at most {MAX_LABEL} characters, no control characters"
+        ));
+    }
+    if name.starts_with('-') {
+        return bad("must not start with -");
+    }
+    // A label stands for the account wherever an ID goes, so it must not read as another.
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        return bad("all digits would read as an account id");
+    }
+    for (j, b) in s.accounts.iter().enumerate() {
+        if j != i && (b.label.as_deref() == Some(name) || b.email == name || b.id == name) {
+            return bad(&format!("already names account {}", b.id));
+        }
+    }
+    Ok(())
+}
+
+pub fn label(cfg: &Config, args: &Label) -> Result<()> {
+    let name = match (&args.name, args.clear) {
+        (Some(n), false) => Some(n.clone()),
+        (None, true) => None,
+        _ => {
+            return Err(Error::Usage(
+                "give a label, or --clear to remove it (not both): qwen-cred label ID NAME".into(),
+            ))
+        }
+    };
+    change_one(cfg, &args.id, args.json, |s, i| {
+        if let Some(n) = &name {
+            check_label(s, i, n)?;
+        }
+        let changed = s.accounts[i].label != name;
+        s.accounts[i].label = name;
+        Ok(changed)
+    })
+}
+
+/// Applies a label given at login to the account it signed in.
+pub fn set_label(s: &mut Store, i: usize, name: &str) -> Result<()> {
+    check_label(s, i, name)?;
+    s.accounts[i].label = Some(name.to_string());
+    Ok(())
+}
+
+/// `login --label` is checked before the browser opens; `i` is `None` for a new account.
+pub fn check_new_label(s: &Store, i: Option<usize>, name: &str) -> Result<()> {
+    check_label(s, i.unwrap_or(usize::MAX), name)
+}
+
+pub fn enable(cfg: &Config, args: &Enable) -> Result<()> {
+    change_one(cfg, &args.id, args.json, |s, i| {
+        let a = &mut s.accounts[i];
+        let changed = a.disabled;
+        a.disabled = false;
+        if a.status == Status::Revoked {
+            crate::msg::warn(&format!(
+                "account {} is revoked; run {} to sign it in again",
+                a.id,
+                a.relogin_hint()
+            ));
+        }
+        Ok(changed)
+    })
+}
+
+pub fn disable(cfg: &Config, args: &Disable) -> Result<()> {
+    change_one(cfg, &args.id, args.json, |s, i| {
+        let a = &mut s.accounts[i];
+        let changed = !a.disabled;
+        a.disabled = true;
+        Ok(changed)
+    })
+}
+
+pub fn reset(cfg: &Config, args: &Reset) -> Result<()> {
+    let now = crate::store::now_ms();
+    let (cleared, accounts) = crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
+        let targets: Vec<usize> = match (&args.id, args.all) {
+            (Some(id), false) => vec![s.find(id)?],
+            (None, true) => (0..s.accounts.len()).collect(),
+            _ => {
+                return Err(Error::Usage(
+                    "give an account id, or --all (not both)".into(),
+                ))
+            }
+        };
+        let mut cleared = Vec::new();
+        for &i in &targets {
+            let a = &mut s.accounts[i];
+            if cooling_until(a, now).is_some() {
+                cleared.push(a.id.clone());
+            }
+            // The next 429 starts the backoff afresh; when and why the last one came stays
+            // for `status`.
+            a.rate_limit_resets_at = None;
+            a.consecutive_rate_limits = 0;
+        }
+        let accounts: Vec<Value> = targets
+            .iter()
+            .map(|&i| account_json(cfg, s, &s.accounts[i], now))
+            .collect();
+        Ok((cleared, accounts))
+    })?;
+    if args.json {
+        return super::config::print_json(&json!({"cleared": cleared, "accounts": accounts}));
+    }
+    if cleared.is_empty() {
+        crate::msg::warn(match args.all {
+            true => "no account was cooling down",
+            false => "that account was not cooling down",
+        });
+    }
     Ok(())
 }

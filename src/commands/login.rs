@@ -43,8 +43,12 @@ fn login(cfg: &Config, args: &Login) -> Result<()> {
     };
     // Settle where the account goes before the user spends time in the browser.
     let pool = store::load(&cfg.store_path())?;
-    if let Slot::Replace(id) = &slot {
-        pool.find(id)?;
+    let replaced = match &slot {
+        Slot::Replace(id) => Some(pool.find(id)?),
+        _ => None,
+    };
+    if let Some(label) = &args.label {
+        super::accounts::check_new_label(&pool, replaced, label)?;
     }
     // A full pool is settled now, unless an account is revoked: then the login may be its
     // revival (same email or refresh token), which `place` sees once the server has answered.
@@ -107,17 +111,28 @@ fn login(cfg: &Config, args: &Login) -> Result<()> {
     new.token_type = tok.token_type.clone();
     new.resource_url = tok.resource_url.clone();
     new.email = email;
-    let (id, email, label) =
-        crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| place(s, new, &slot, now))?;
-    crate::msg::warn(&format!("signed in account {id} ({label})"));
+    let a = crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
+        let i = place(s, new, &slot, now)?;
+        if let Some(label) = &args.label {
+            super::accounts::set_label(s, i, label)?;
+        }
+        Ok(s.accounts[i].clone())
+    })?;
+    crate::msg::warn(&format!("signed in account {} ({})", a.id, a.name()));
     if args.json {
-        emit(&json!({"event": "success", "account_id": id, "email": email, "label": label}))?;
+        emit(&json!({
+            "event": "success",
+            "account_id": a.id,
+            "email": a.email,
+            "label": a.label,
+            "name": a.name(),
+        }))?;
     }
     Ok(())
 }
 
-/// Puts the new account in the pool; returns its id, email and label.
-fn place(s: &mut Store, new: Account, slot: &Slot, now: i64) -> Result<(String, String, String)> {
+/// Puts the new account in the pool; returns its index.
+fn place(s: &mut Store, new: Account, slot: &Slot, now: i64) -> Result<usize> {
     let same = s.accounts.iter().position(|a| {
         (!new.email.is_empty() && a.email == new.email) || a.refresh_token == new.refresh_token
     });
@@ -154,13 +169,15 @@ fn place(s: &mut Store, new: Account, slot: &Slot, now: i64) -> Result<(String, 
             let mut new = new;
             new.id = old.id.clone();
             new.is_primary = old.is_primary;
+            // The slot keeps its name (a revoked account signed in again, typically);
+            // `--label` gives another.
+            new.label = old.label.clone();
             s.accounts[i] = new;
             i
         }
         (None, Slot::Add) => s.add(new)?,
     };
-    let a = &s.accounts[i];
-    Ok((a.id.clone(), a.email.clone(), a.label()))
+    Ok(i)
 }
 
 /// A full pool: on a terminal, ask which account to replace (or start fresh); else exit 2.

@@ -1,11 +1,14 @@
 //! One file per command; this one dispatches and holds what several commands share.
 
 mod accounts;
+mod completions;
 mod config;
+mod doctor;
 mod login;
 mod opencode;
 mod refresh;
 mod report_429;
+mod status;
 mod token;
 
 use crate::cli::{Cli, Command};
@@ -32,6 +35,15 @@ fn run_in(cli: Cli, pool_name: &mut Option<String>) -> Result<()> {
     if let Command::Config(crate::cli::ConfigCmd { schema: true, .. }) = command {
         return config::print_json(&crate::config::schema());
     }
+    if let Command::Completions(a) = &command {
+        return completions::run(a);
+    }
+    // doctor reports a bad config instead of stopping at it.
+    if let Command::Doctor(a) = &command {
+        let (cfg, problem) = Config::load_lenient(pool.as_ref())?;
+        crate::msg::set_debug(cfg.debug);
+        return doctor::run(&cfg, problem, a);
+    }
     let cfg = Config::load(pool.as_ref())?;
     crate::msg::set_debug(cfg.debug);
     *pool_name = cfg.pool.name().map(String::from);
@@ -44,6 +56,12 @@ fn run_in(cli: Cli, pool_name: &mut Option<String>) -> Result<()> {
         Command::Use(a) => accounts::use_(&cfg, &a),
         Command::Remove(a) => accounts::remove(&cfg, &a),
         Command::Import(a) => accounts::import(&cfg, &a),
+        Command::Label(a) => accounts::label(&cfg, &a),
+        Command::Enable(a) => accounts::enable(&cfg, &a),
+        Command::Disable(a) => accounts::disable(&cfg, &a),
+        Command::Reset(a) => accounts::reset(&cfg, &a),
+        Command::Status(a) => status::run(&cfg, &a),
+        Command::Doctor(_) | Command::Completions(_) => unreachable!("answered above"),
         Command::Config(a) => config::run(&cfg, &a),
         Command::Opencode(a) => opencode::run(&cfg, &a),
     }
@@ -114,12 +132,32 @@ pub fn wait_for_reset(cfg: &Config, until: i64, no_wait: bool) -> Result<()> {
     Ok(())
 }
 
+/// What an import did.
+pub struct Imported {
+    /// For the user, e.g. "imported F as account 2".
+    pub message: String,
+    /// A new account, not one already in the pool.
+    pub added: bool,
+    /// The account, as `--json` shows it.
+    pub account: serde_json::Value,
+}
+
 /// Adds (or updates) the account of a Qwen CLI file, linked to it (`import`, and `token` on
 /// an empty pool); returns what happened.
-pub fn import_file(cfg: &Config, path: &std::path::Path, email: Option<&str>) -> Result<String> {
+pub fn import_file(cfg: &Config, path: &std::path::Path, email: Option<&str>) -> Result<Imported> {
     let creds = crate::qwen_cli::read(path)?;
     let now = crate::store::now_ms();
     crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
-        crate::qwen_cli::import(s, path, &creds, email, now)
+        let added = s.index_by_refresh_token(&creds.refresh_token).is_none();
+        let message = crate::qwen_cli::import(s, path, &creds, email, now)?;
+        let account = match s.index_by_refresh_token(&creds.refresh_token) {
+            Some(i) => accounts::account_json(cfg, s, &s.accounts[i], now),
+            None => serde_json::Value::Null,
+        };
+        Ok(Imported {
+            message,
+            added,
+            account,
+        })
     })
 }

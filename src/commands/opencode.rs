@@ -250,7 +250,7 @@ pub fn pool_provider_block(id: &str, pool: &str, base_url: &str, models: &[&str]
 }
 
 /// `opencode.json`, or an existing `opencode.jsonc` when there is no `opencode.json`.
-fn config_file(dir: &Path) -> PathBuf {
+pub fn config_file(dir: &Path) -> PathBuf {
     let json = dir.join("opencode.json");
     let jsonc = dir.join("opencode.jsonc");
     if !json.exists() && jsonc.exists() {
@@ -260,7 +260,7 @@ fn config_file(dir: &Path) -> PathBuf {
     }
 }
 
-fn has_provider(text: &str, id: &str) -> bool {
+pub fn has_provider(text: &str, id: &str) -> bool {
     serde_json::from_str::<Value>(text)
         .ok()
         .is_some_and(|v| v["provider"].get(id).is_some())

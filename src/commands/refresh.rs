@@ -8,6 +8,7 @@ use crate::msg::{rfc3339, warn};
 use crate::refresh::{refresh_account, Refreshed};
 use crate::rotation;
 use crate::store::{self, Account, Status};
+use serde_json::{json, Value};
 
 pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
     if [args.account.is_some(), args.all, args.due]
@@ -42,42 +43,73 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
     };
     let settings = cfg.refresh_settings();
     let (mut failed, mut revoked) = (0, 0);
+    let mut results: Vec<Value> = Vec::new();
     for a in &targets {
-        let name = format!("account {} ({})", a.id, a.label());
-        if a.status == Status::Revoked {
-            warn(&format!("{name}: revoked; run qwen-cred login"));
+        let name = format!("account {} ({})", a.id, a.name());
+        // What happened, the token's expiry now, and the message (also on stderr).
+        let (result, expiry, message): (&str, Option<i64>, String) = if a.status == Status::Revoked
+        {
             revoked += 1;
-            continue;
-        }
-        if !args.force && !rotation::is_due(a, now, &policy) {
-            warn(&format!(
-                "{name}: not due, valid until {}; --force refreshes anyway",
-                rfc3339(a.expiry_date)
-            ));
-            continue;
-        }
-        let needed =
-            |cur: &Account| args.force || rotation::is_due(cur, crate::store::now_ms(), &policy);
-        match refresh_account(
-            &settings,
-            &a.id,
-            &a.access_token,
-            &needed,
-            cfg.lock_timeout(),
-        )? {
-            Refreshed::Fresh(a) => warn(&format!("{name}: valid until {}", rfc3339(a.expiry_date))),
-            Refreshed::Revoked => revoked += 1,
-            // Not a failure: the user removed it while we were at it.
-            Refreshed::Gone => warn(&format!("{name}: removed meanwhile; skipped")),
-            Refreshed::Busy(why) => {
-                warn(&format!("{name}: not refreshed: {why}"));
-                failed += 1;
+            (
+                "revoked",
+                None,
+                format!("revoked; run {}", a.relogin_hint()),
+            )
+        } else if !args.force && !rotation::is_due(a, now, &policy) {
+            (
+                "not_due",
+                Some(a.expiry_date),
+                format!(
+                    "not due, valid until {}; --force refreshes anyway",
+                    rfc3339(a.expiry_date)
+                ),
+            )
+        } else {
+            let needed = |cur: &Account| {
+                args.force || rotation::is_due(cur, crate::store::now_ms(), &policy)
+            };
+            match refresh_account(
+                &settings,
+                &a.id,
+                &a.access_token,
+                &needed,
+                cfg.lock_timeout(),
+            )? {
+                Refreshed::Fresh(a) => (
+                    "refreshed",
+                    Some(a.expiry_date),
+                    format!("valid until {}", rfc3339(a.expiry_date)),
+                ),
+                Refreshed::Revoked => {
+                    revoked += 1;
+                    ("revoked", None, "revoked by the server".into())
+                }
+                // Not a failure: the user removed it while we were at it.
+                Refreshed::Gone => ("removed", None, "removed meanwhile; skipped".into()),
+                Refreshed::Busy(why) => {
+                    failed += 1;
+                    ("busy", None, format!("not refreshed: {why}"))
+                }
+                Refreshed::Failed(why) => {
+                    failed += 1;
+                    ("failed", None, format!("refresh failed: {why}"))
+                }
             }
-            Refreshed::Failed(why) => {
-                warn(&format!("{name}: refresh failed: {why}"));
-                failed += 1;
-            }
+        };
+        // refresh.rs has said it on stderr when the server revoked it.
+        if !matches!(result, "revoked") || a.status == Status::Revoked {
+            warn(&format!("{name}: {message}"));
         }
+        results.push(json!({
+            "id": a.id,
+            "name": a.name(),
+            "result": result,
+            "expires_at": expiry.map(rfc3339),
+            "message": message,
+        }));
+    }
+    if args.json {
+        super::config::print_json(&json!({ "results": results }))?;
     }
     match (failed, revoked) {
         (0, 0) => Ok(()),

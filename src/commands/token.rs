@@ -22,7 +22,8 @@ enum Step {
     },
     Wait(i64),
     Import,
-    Unavailable(Vec<String>),
+    /// Nothing can serve: the revoked and the disabled accounts.
+    Unavailable(Vec<String>, Vec<String>),
 }
 
 pub fn run(cfg: &Config, args: &Token) -> Result<()> {
@@ -56,17 +57,17 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                 imported = true;
                 let file = cfg.qwen_cli_file();
                 let what = super::import_file(cfg, &file, None)?;
-                crate::msg::warn(&format!("the pool was empty: {what}"));
+                crate::msg::warn(&format!("the pool was empty: {}", what.message));
             }
-            Step::Wait(_) | Step::Unavailable(_) if !deferred.is_empty() => {
+            Step::Wait(_) | Step::Unavailable(..) if !deferred.is_empty() => {
                 skip.retain(|id| !deferred.contains(id));
                 deferred.clear();
                 patient = true;
             }
             Step::Wait(until) => super::wait_for_reset(cfg, until, args.no_wait)?,
-            Step::Unavailable(revoked) => {
+            Step::Unavailable(revoked, disabled) => {
                 if failures.is_empty() {
-                    return Err(Error::no_account(&revoked));
+                    return Err(Error::none_usable(&revoked, &disabled));
                 }
                 let what = format!(
                     "no account could be refreshed ({})",
@@ -110,7 +111,7 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                 let (why, busy) =
                     match refresh_account(&cfg.refresh_settings(), &id, &seen, &still, wait)? {
                         Refreshed::Fresh(a) => {
-                            if serve_after_refresh(cfg, args, &id, Some(&a))? {
+                            if serve_after_refresh(cfg, args, &policy, &id, Some(&a))? {
                                 return Ok(());
                             }
                             skip.push(id);
@@ -135,7 +136,7 @@ pub fn run(cfg: &Config, args: &Token) -> Result<()> {
                             "account {id}: proactive refresh failed ({why}); its token is still valid, will try again later"
                         ));
                     }
-                    if serve_after_refresh(cfg, args, &id, None)? {
+                    if serve_after_refresh(cfg, args, &policy, &id, None)? {
                         return Ok(());
                     }
                     skip.push(id);
@@ -173,7 +174,13 @@ fn decide(
         let i = s.find(want)?;
         let a = &s.accounts[i];
         if a.status == Status::Revoked {
-            return Ok(Step::Unavailable(vec![a.id.clone()]));
+            return Ok(Step::Unavailable(vec![a.id.clone()], vec![]));
+        }
+        if a.disabled {
+            crate::msg::warn(&format!(
+                "account {} is disabled; using it because --account asked for it (`qwen-cred enable {}` puts it back in rotation)",
+                a.id, a.id
+            ));
         }
         if let Some(t) = a.rate_limit_resets_at.filter(|&t| t > now) {
             crate::msg::warn(&format!(
@@ -190,7 +197,7 @@ fn decide(
                     seen: a.access_token.clone(),
                     cli_busy: false,
                 },
-                None => Step::Serve(Box::new(rotation::record_pinned(s, i, now)), false),
+                None => Step::Serve(Box::new(rotation::record_pinned(s, i, policy, now)), false),
             },
         );
     }
@@ -209,13 +216,13 @@ fn decide(
                         ),
                 });
             }
-            rotation::record_use(s, i, now);
+            rotation::record_use(s, i, policy, now);
             let interval_ms = cfg.settings.proactive_refresh_check_interval_seconds as i64 * 1000;
             let spawn = rotation::background_refresh_due(s, i, policy, now, interval_ms);
             Ok(Step::Serve(Box::new(s.accounts[i].clone()), spawn))
         }
         Pick::AllCooling { soonest_ms } => Ok(Step::Wait(soonest_ms)),
-        Pick::Unavailable { revoked } => {
+        Pick::Unavailable { revoked, disabled } => {
             // The Qwen CLI's login is imported into the default pool only (config.rs,
             // synced_qwen_cli_file).
             let file = cfg.qwen_cli_file();
@@ -229,7 +236,7 @@ fn decide(
                 }
                 return Ok(Step::Import);
             }
-            Ok(Step::Unavailable(revoked))
+            Ok(Step::Unavailable(revoked, disabled))
         }
     }
 }
@@ -240,6 +247,7 @@ fn decide(
 fn serve_after_refresh(
     cfg: &Config,
     args: &Token,
+    policy: &Policy,
     id: &str,
     fresh: Option<&Account>,
 ) -> Result<bool> {
@@ -252,9 +260,9 @@ fn serve_after_refresh(
             return Ok(None);
         }
         Ok(Some(if args.account.is_some() {
-            rotation::record_pinned(s, i, now)
+            rotation::record_pinned(s, i, policy, now)
         } else {
-            rotation::record_use(s, i, now);
+            rotation::record_use(s, i, policy, now);
             s.accounts[i].clone()
         }))
     });
@@ -284,7 +292,7 @@ fn serve_after_refresh(
 }
 
 fn serve(cfg: &Config, args: &Token, a: &Account, spawn: bool) -> Result<()> {
-    crate::msg::debug(&format!("serving account {} ({})", a.id, a.label()));
+    crate::msg::debug(&format!("serving account {} ({})", a.id, a.name()));
     let text = format_token(cfg, a, args.format);
     crate::msg::out(&text)?;
     if spawn {
@@ -323,6 +331,8 @@ fn format_token(cfg: &Config, a: &Account, format: Format) -> String {
                 "expiry_date": a.expiry_date,
                 "account_id": a.id,
                 "email": a.email,
+                "label": a.label,
+                "name": a.name(),
                 "base_url": base_url,
                 "headers": hdrs,
             });

@@ -212,6 +212,8 @@ pub struct State {
     refresh_delay: Duration,
     refresh_tweak: Vec<(String, Option<Value>)>,
     echo_dead_refresh: bool,
+    /// Seconds the `Date` header of every answer is ahead of the real clock.
+    date_skew_secs: i64,
     quota: Option<u32>,
     quota_for: HashMap<u64, u32>,
     throttle_per_minute: Option<u32>,
@@ -339,6 +341,7 @@ impl State {
             refresh_delay: Duration::ZERO,
             refresh_tweak: Vec::new(),
             echo_dead_refresh: false,
+            date_skew_secs: 0,
             quota: None,
             quota_for: HashMap::new(),
             throttle_per_minute: None,
@@ -564,6 +567,11 @@ impl Mock {
     }
 
     /// A dead refresh token's error_description quotes the token, as a careless server might.
+    /// Every answer's `Date` header runs this many seconds ahead (behind when negative).
+    pub fn set_date_skew(&self, secs: i64) {
+        self.update(|s| s.date_skew_secs = secs);
+    }
+
     pub fn set_echo_dead_refresh(&self, on: bool) {
         self.update(|s| s.echo_dead_refresh = on);
     }
@@ -836,7 +844,9 @@ fn serve(stream: TcpStream, shared: &Shared, id: u64) {
             st.requests.push(req.clone());
         }
         shared.1.notify_all();
-        if let Some(resp) = route(shared, &req) {
+        if let Some(mut resp) = route(shared, &req) {
+            let skew = lock(shared).date_skew_secs;
+            resp.headers.push(("Date".into(), http_date(skew)));
             let _ = write_response(&stream, &resp);
         }
     }
@@ -1028,6 +1038,37 @@ fn reason(status: u16) -> &'static str {
         504 => "Gateway Timeout",
         _ => "Status",
     }
+}
+
+/// Now plus `skew_secs` as an IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(skew_secs: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let t = now + skew_secs;
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 fn write_response(stream: &TcpStream, resp: &Response) -> io::Result<()> {
