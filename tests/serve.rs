@@ -8,10 +8,13 @@
 //! it stops when the script that started it goes away). Settings from the environment:
 //! `QWEN_MOCK_QUOTA` (requests a day per account on the chat API), `QWEN_MOCK_EMAILS`
 //! (comma-separated: each login is approved with the next email), `QWEN_MOCK_ACCOUNTS`
-//! (comma-separated `refresh:access` token pairs known from the start).
+//! (comma-separated `refresh:access` token pairs known from the start), `QWEN_MOCK_KEYS`
+//! (comma-separated API keys the API takes, each with `QWEN_MOCK_QUOTA` requests per window
+//! of `QWEN_MOCK_KEY_WINDOW` seconds, default 3600; a 429 says `Retry-After`).
 
-use crate::util::mock::Mock;
+use crate::util::mock::{KeySpec, Mock};
 use std::io::{Read, Write};
+use std::time::Duration;
 
 #[test]
 #[ignore = "a server for scripts, not a test"]
@@ -31,6 +34,15 @@ fn serve_mock() {
         if let Some((rt, at)) = pair.split_once(':') {
             mock.add_account(rt, at);
         }
+    }
+    let window = var("QWEN_MOCK_KEY_WINDOW").parse().unwrap_or(3600);
+    for key in var("QWEN_MOCK_KEYS").split(',').filter(|k| !k.is_empty()) {
+        let spec = KeySpec {
+            quota: var("QWEN_MOCK_QUOTA").parse().ok(),
+            window: Duration::from_secs(window),
+            ..KeySpec::default()
+        };
+        mock.add_key(key, spec);
     }
     let mut out = std::io::stdout();
     let _ = writeln!(out, "MOCK_URL={}", mock.base_url());
