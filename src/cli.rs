@@ -4,8 +4,8 @@
 use argh::FromArgs;
 
 #[derive(FromArgs, Debug)]
-/// Keeps a pool of Qwen OAuth accounts signed in and prints a valid access token, rotating to
-/// the next account when one is rate-limited.
+/// Keeps a pool of Qwen OAuth accounts and API keys and prints a valid token, rotating to the
+/// next account when one is rate-limited.
 pub struct Cli {
     /// print the version and exit
     #[argh(switch)]
@@ -20,6 +20,7 @@ pub enum Command {
     Token(Token),
     Report429(Report429),
     Login(Login),
+    AddKey(AddKey),
     Refresh(Refresh),
     List(List),
     Use(Use),
@@ -110,6 +111,70 @@ pub struct Login {
     /// print progress as JSON lines on stdout
     #[argh(switch)]
     pub json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Add an API key (Coding Plan, DashScope, any OpenAI-compatible key): from a prompt, stdin or
+/// --from-env, never the command line.
+#[argh(subcommand, name = "add-key")]
+pub struct AddKey {
+    /// a name for this key, shown by list
+    #[argh(option)]
+    pub label: Option<String>,
+    /// the API's base URL, used as given (default https://coding-intl.dashscope.aliyuncs.com/v1)
+    #[argh(option)]
+    pub base_url: Option<String>,
+    /// a request header to send with this key, 'Name: value' (repeat for more)
+    #[argh(option)]
+    pub header: Vec<String>,
+    /// read the key from this environment variable
+    #[argh(option)]
+    pub from_env: Option<String>,
+    /// first make one request with the key (GET BASE_URL/models); refuse a key the server rejects
+    #[argh(switch)]
+    pub check: bool,
+    /// put the key into this key account in place of its old one (its counters stay)
+    #[argh(option)]
+    pub replace: Option<String>,
+}
+
+/// The options of `add-key` that take a value, and its switches. Anything else on its command
+/// line is refused before argh sees it, so that a key typed there is never echoed.
+const ADD_KEY_OPTIONS: [&str; 5] = [
+    "--label",
+    "--base-url",
+    "--header",
+    "--from-env",
+    "--replace",
+];
+const ADD_KEY_SWITCHES: [&str; 2] = ["--check", "--help"];
+
+/// `add-key` takes no positional argument: a key given there would be in `ps` output and the
+/// shell's history. Refused (exit 2) without quoting it, with the ways that keep it secret.
+fn screen_add_key(args: &[&str]) -> Result<(), String> {
+    let hint = "the key is never taken from the command line (ps and the shell history would show it): type it at the prompt, pipe it on stdin (qwen-cred add-key < file), or name an environment variable with --from-env VAR";
+    let mut it = args.iter().enumerate();
+    while let Some((i, a)) = it.next() {
+        if ADD_KEY_OPTIONS.contains(a) {
+            it.next();
+        } else if ADD_KEY_SWITCHES.contains(a) {
+        } else if a.starts_with("--") {
+            // Only the name: `--key=sk-...` carries the key after the `=`.
+            let name = a.split('=').next().unwrap_or_default();
+            let name: String = name
+                .chars()
+                .take(40)
+                .filter(|c| c.is_ascii_graphic())
+                .collect();
+            return Err(format!("add-key: unknown option {name}; {hint}"));
+        } else {
+            return Err(format!(
+                "add-key: argument {} is not an option; {hint}",
+                i + 1
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(FromArgs, Debug)]
@@ -235,6 +300,9 @@ pub fn parse(args: &[String]) -> Result<Cli, (String, bool)> {
         rest.remove(0);
         rest.push("--help");
     }
+    if rest.first() == Some(&"add-key") {
+        screen_add_key(&rest[1..]).map_err(|e| (e, false))?;
+    }
     Cli::from_args(&["qwen-cred"], &rest).map_err(|e| (e.output, e.status.is_ok()))
 }
 
@@ -267,6 +335,43 @@ mod tests {
             let e = seconds(bad).err().unwrap_or_default();
             assert!(e.contains("not a number of seconds"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn add_key_refuses_a_key_on_the_command_line_without_quoting_it() {
+        for a in [
+            &["add-key", "sk-sp-secret"][..],
+            &["add-key", "--label", "work", "sk-sp-secret"],
+            &["add-key", "--key=sk-sp-secret"],
+            &["add-key", "--api-key", "sk-sp-secret"],
+            &["add-key", "--check", "--", "sk-sp-secret"],
+        ] {
+            match parse(&args(a)) {
+                Err((text, false)) => {
+                    assert!(!text.contains("sk-sp-secret"), "{a:?}: {text}");
+                    assert!(text.contains("--from-env"), "{a:?}: {text}");
+                }
+                other => panic!("{a:?}: {other:?}"),
+            }
+        }
+        assert!(parse(&args(&[
+            "add-key",
+            "--label",
+            "w",
+            "--header",
+            "X-A: b",
+            "--header",
+            "X-B: c",
+            "--check",
+            "--base-url",
+            "https://x/v1",
+            "--from-env",
+            "K",
+            "--replace",
+            "3"
+        ]))
+        .is_ok());
+        assert!(matches!(parse(&args(&["help", "add-key"])), Err((_, true))));
     }
 
     #[test]

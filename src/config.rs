@@ -234,6 +234,10 @@ impl Config {
         self.qwen_dir.join("oauth_creds.json")
     }
 
+    pub fn http_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.http_timeout_seconds)
+    }
+
     pub fn lock_timeout(&self) -> Duration {
         Duration::from_secs(self.settings.lock_timeout_seconds)
     }
@@ -296,6 +300,12 @@ impl Config {
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The value of the environment variable the user named (`add-key --from-env VAR`); `None`
+/// when unset or empty.
+pub fn named_env(name: &str) -> Option<String> {
+    env(name)
 }
 
 /// `QWEN_CRED_<KEY>`, upper-cased.

@@ -1,6 +1,7 @@
 //! qwen-cred: a stateless credential helper for a pool of Qwen OAuth accounts. `main` parses
 //! the command line, runs it, and maps an error to its exit code (cli.md).
 
+mod apikey;
 mod cli;
 mod commands;
 mod config;
@@ -18,6 +19,7 @@ mod rotation;
 mod secret;
 mod signals;
 mod store;
+mod tty;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

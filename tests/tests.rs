@@ -5,6 +5,7 @@ mod util;
 
 mod core;
 mod keep;
+mod keys;
 mod oauth;
 mod opencode;
 mod qwen_cli;

@@ -25,14 +25,18 @@ pub fn list(cfg: &Config, args: &List) -> Result<()> {
         return super::config::print_json(&Value::Array(items));
     }
     if s.accounts.is_empty() {
-        crate::msg::warn("no accounts; add one with `qwen-cred login` or `qwen-cred import`");
+        crate::msg::warn(
+            "no accounts; add one with `qwen-cred login`, `qwen-cred import` or `qwen-cred add-key`",
+        );
         return Ok(());
     }
     let rows: Vec<[String; 6]> = s
         .accounts
         .iter()
         .map(|a| {
-            let expiry = if crate::rotation::is_expired(a, now) {
+            let expiry = if a.is_key() {
+                "never (API key)".to_string()
+            } else if crate::rotation::is_expired(a, now) {
                 format!("expired {}", relative(a.expiry_date, now))
             } else {
                 relative(a.expiry_date, now)
@@ -106,14 +110,16 @@ fn account_json(s: &Store, a: &Account, now: i64) -> Value {
         _ if s.current_account_id.as_deref() == Some(&a.id) => "current",
         _ => "ok",
     };
-    json!({
+    // A key account: its label and base URL; no expiry (a key does not expire).
+    let mut v = json!({
         "id": a.id,
+        "kind": a.kind.as_str(),
         "email": a.email,
-        "fingerprint": a.refresh_token.fingerprint(),
+        "fingerprint": a.fingerprint(),
         "state": state,
         "current": s.current_account_id.as_deref() == Some(&a.id),
         "status_reason": a.status_reason,
-        "expires_at": rfc3339(a.expiry_date),
+        "expires_at": (!a.is_key()).then(|| rfc3339(a.expiry_date)),
         "expired": crate::rotation::is_expired(a, now),
         "total_requests": a.total_requests,
         "last_used_at": a.last_used_at.map(rfc3339),
@@ -122,7 +128,12 @@ fn account_json(s: &Store, a: &Account, now: i64) -> Value {
         "rate_limit_reason": cooling_until(a, now).and(a.rate_limit_reason.clone()),
         "is_primary": a.is_primary,
         "linked_file": a.linked_file,
-    })
+    });
+    if a.is_key() {
+        v["label"] = a.label.clone().into();
+        v["base_url"] = a.base_url.clone().into();
+    }
+    v
 }
 
 pub fn use_(cfg: &Config, args: &Use) -> Result<()> {

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod config;
+mod keys;
 mod login;
 mod opencode;
 mod refresh;
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Token(a) => token::run(&cfg, &a),
         Command::Report429(a) => report_429::run(&cfg, &a),
         Command::Login(a) => login::run(&cfg, &a),
+        Command::AddKey(a) => keys::add(&cfg, &a),
         Command::Refresh(a) => refresh::run(&cfg, &a),
         Command::List(a) => accounts::list(&cfg, &a),
         Command::Use(a) => accounts::use_(&cfg, &a),

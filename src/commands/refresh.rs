@@ -1,6 +1,7 @@
 //! `qwen-cred refresh`: refresh tokens now, one account, all, or those due (for cron, and
 //! for the detached child `token` starts).
 
+use super::keys::Checked;
 use crate::cli::Refresh;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -45,8 +46,27 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
     for a in &targets {
         let name = format!("account {} ({})", a.id, a.label());
         if a.status == Status::Revoked {
-            warn(&format!("{name}: revoked; run qwen-cred login"));
+            warn(&format!("{name}: revoked; run {}", a.relogin_hint()));
             revoked += 1;
+            continue;
+        }
+        // A key has nothing to refresh: it is checked with the server instead, so that a
+        // wrapper that got a 401 can learn whether the key is dead (exit 3, revoked).
+        if a.is_key() {
+            match super::keys::check_account(cfg, a)? {
+                Checked::Accepted(note) => warn(&format!(
+                    "{name}: the key is accepted{}",
+                    note.map(|n| format!(" ({n})")).unwrap_or_default()
+                )),
+                Checked::Revoked => revoked += 1,
+                Checked::Gone => warn(&format!(
+                    "{name}: removed or given another key meanwhile; skipped"
+                )),
+                Checked::Failed(why) => {
+                    warn(&format!("{name}: the key could not be checked: {why}"));
+                    failed += 1;
+                }
+            }
             continue;
         }
         if !args.force && !rotation::is_due(a, now, &policy) {
@@ -82,10 +102,10 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
     match (failed, revoked) {
         (0, 0) => Ok(()),
         (0, n) => Err(Error::NoAccount(format!(
-            "{n} account(s) revoked; run qwen-cred login"
+            "{n} account(s) revoked; run qwen-cred login (a key account: qwen-cred add-key --replace ID)"
         ))),
         (n, _) => Err(Error::Server(format!(
-            "{n} of {} refreshes failed; retry later",
+            "{n} of {} refreshes or key checks failed; retry later",
             targets.len()
         ))),
     }
