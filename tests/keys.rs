@@ -24,6 +24,22 @@ fn hide(text: &str) -> String {
         .fold(text.to_string(), |t, k| t.replace(k, "<key>"))
 }
 
+/// `assert_eq!` whose failure message shows every test key as `<key>`.
+macro_rules! same {
+    ($a:expr, $b:expr $(, $why:expr)?) => {
+        match (&$a, &$b) {
+            (a, b) => assert!(
+                a == b,
+                "{}{}\n  left: {}\n right: {}",
+                stringify!($a),
+                <[String]>::concat(&[$(format!(" ({})", $why))?]),
+                hide(&format!("{a:?}")),
+                hide(&format!("{b:?}"))
+            ),
+        }
+    };
+}
+
 fn no_key(what: &str, text: &str) {
     for k in [K1, K2, K3, "sk-sp-unknown-9999"] {
         assert!(!text.contains(k), "a key in {what}: {}", hide(text));
@@ -114,21 +130,21 @@ fn a_key_from_stdin_is_stored_0600_and_served_without_refresh() {
     let s = env.read_store();
     let a = &s["accounts"][0];
     assert_eq!(a["kind"], "api_key");
-    assert_eq!(a["access_token"], K1);
+    same!(a["access_token"], K1);
     assert_eq!(a["base_url"], api(&mock));
     assert_eq!(a["label"], "work");
     assert!(a.get("refresh_token").is_none() && a.get("expiry_date").is_none());
     assert_eq!(s["current_account_id"], "1");
 
-    assert_eq!(expect(&env, &["token"], 0).0, format!("{K1}\n"));
+    same!(expect(&env, &["token"], 0).0, format!("{K1}\n"));
     // `--min-valid` is always met: a key does not expire, and nothing is refreshed.
-    assert_eq!(
+    same!(
         expect(&env, &["token", "--min-valid", "31536000"], 0).0,
         format!("{K1}\n")
     );
     let (json, _) = expect(&env, &["token", "--format", "json"], 0);
     let v: Value = serde_json::from_str(&json).expect("json");
-    assert_eq!(v["access_token"], K1);
+    same!(v["access_token"], K1);
     assert_eq!(v["base_url"], api(&mock));
     assert_eq!(v["account_id"], "1");
     assert_eq!(
@@ -137,12 +153,12 @@ fn a_key_from_stdin_is_stored_0600_and_served_without_refresh() {
     );
     assert_eq!(v["kind"], "api_key");
     // Its own headers only: no DashScope OAuth header on a key.
-    assert_eq!(
+    same!(
         v["headers"],
         json!({"Authorization": format!("Bearer {K1}")})
     );
     let (header, _) = expect(&env, &["token", "--format", "header"], 0);
-    assert_eq!(header, format!("Authorization: Bearer {K1}\n"));
+    same!(header, format!("Authorization: Bearer {K1}\n"));
     let (envs, _) = expect(&env, &["token", "--format", "env"], 0);
     assert!(envs.contains(&format!("export OPENAI_BASE_URL='{}'\n", api(&mock))));
     assert!(
@@ -331,7 +347,7 @@ fn a_key_carries_the_headers_it_was_added_with() {
         0,
     );
     let (header, _) = expect(&env, &["token", "--format", "header"], 0);
-    assert_eq!(
+    same!(
         header,
         format!("Authorization: Bearer {K1}\nUser-Agent: {ua}\nX-DashScope-CacheControl: enable\n")
     );
@@ -385,7 +401,7 @@ fn keys_rotate_cool_down_and_wait_like_oauth_accounts() {
     let served: Vec<String> = (0..6)
         .map(|_| expect(&env, &["token"], 0).0.trim().to_string())
         .collect();
-    assert_eq!(served, [K1, K2, "at-1", K1, K2, "at-1"]);
+    same!(served, [K1, K2, "at-1", K1, K2, "at-1"]);
 
     // A long 429 on key 2 cools it down; rotation passes it by.
     expect(
@@ -396,10 +412,10 @@ fn keys_rotate_cool_down_and_wait_like_oauth_accounts() {
     let served: Vec<String> = (0..4)
         .map(|_| expect(&env, &["token"], 0).0.trim().to_string())
         .collect();
-    assert_eq!(served, [K1, "at-1", K1, "at-1"]);
+    same!(served, [K1, "at-1", K1, "at-1"]);
     // Pinned, it is served while cooling down, with a warning.
     let (out, err) = expect(&env, &["token", "--account", "3"], 0);
-    assert_eq!(out.trim(), K2);
+    same!(out.trim(), K2);
     assert!(
         err.contains("account 3 is cooling down until"),
         "{}",
@@ -440,7 +456,7 @@ fn keys_rotate_cool_down_and_wait_like_oauth_accounts() {
     env.write_store(&s);
     env.set("QWEN_CRED_MAX_RATE_LIMIT_WAIT_SECONDS", "5");
     let (out, err) = expect(&env, &["token"], 0);
-    assert_eq!(out.trim(), K1, "after the wait");
+    same!(out.trim(), K1, "after the wait");
     assert!(err.contains("waiting"), "{}", hide(&err));
     // Every account removed: exit 3.
     expect(&env, &["remove", "--all"], 0);
@@ -472,7 +488,7 @@ fn replace_swaps_a_key_in_place_and_keeps_its_counters() {
     );
     let a = &env.read_store()["accounts"][1];
     assert_eq!(a["id"], "2");
-    assert_eq!(a["access_token"], K2);
+    same!(a["access_token"], K2);
     assert_eq!(a["label"], "plan");
     assert_eq!(a["total_requests"], 3, "its counters stay");
     assert_eq!(
@@ -480,7 +496,7 @@ fn replace_swaps_a_key_in_place_and_keeps_its_counters() {
         Value::Null,
         "a new key is not cooling down"
     );
-    assert_eq!(expect(&env, &["token", "--account", "2"], 0).0.trim(), K2);
+    same!(expect(&env, &["token", "--account", "2"], 0).0.trim(), K2);
     // The same key again updates that account rather than adding one.
     let err = add_key(&env, K2, &["--label", "renamed"], 0);
     assert!(err.contains("already account 2"), "{}", hide(&err));
@@ -497,7 +513,7 @@ fn replace_swaps_a_key_in_place_and_keeps_its_counters() {
     );
     let err = add_key(&env, K3, &["--replace", "2"], 2);
     assert!(err.contains("already account 3"), "{}", hide(&err));
-    assert_eq!(env.read_store()["accounts"][1]["access_token"], K2);
+    same!(env.read_store()["accounts"][1]["access_token"], K2);
 }
 
 #[test]
@@ -785,7 +801,7 @@ fn the_prompt_does_not_echo_and_ctrl_c_restores_the_terminal() {
         "{}",
         hide(&screen)
     );
-    assert_eq!(env.read_store()["accounts"][0]["access_token"], K1);
+    same!(env.read_store()["accounts"][0]["access_token"], K1);
 
     let end = std::time::Instant::now() + Duration::from_secs(30);
     while t
