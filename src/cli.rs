@@ -6,8 +6,8 @@ use argh::FromArgs;
 pub use crate::pool::Name as PoolName;
 
 #[derive(FromArgs, Debug)]
-/// Keeps a pool of Qwen OAuth accounts signed in and prints a valid access token, rotating to
-/// the next account when one is rate-limited.
+/// Keeps a pool of Qwen OAuth accounts and API keys and prints a valid token, rotating to the
+/// next account when one is rate-limited.
 pub struct Cli {
     /// print the version and exit
     #[argh(switch)]
@@ -36,6 +36,7 @@ impl Cli {
             Some(Command::Import(a)) => a.pool.as_ref(),
             Some(Command::Config(a)) => a.pool.as_ref(),
             Some(Command::Label(a)) => a.pool.as_ref(),
+            Some(Command::AddKey(a)) => a.pool.as_ref(),
             Some(Command::Enable(a)) => a.pool.as_ref(),
             Some(Command::Disable(a)) => a.pool.as_ref(),
             Some(Command::Reset(a)) => a.pool.as_ref(),
@@ -64,6 +65,7 @@ pub enum Command {
     Token(Token),
     Report429(Report429),
     Login(Login),
+    AddKey(AddKey),
     Refresh(Refresh),
     List(List),
     Use(Use),
@@ -179,6 +181,74 @@ pub struct Login {
     /// a name for the new account, shown by list and status
     #[argh(option)]
     pub label: Option<String>,
+}
+
+#[derive(FromArgs, Debug)]
+/// Add an API key (Coding Plan, DashScope, any OpenAI-compatible key): from a prompt, stdin or
+/// --from-env, never the command line.
+#[argh(subcommand, name = "add-key")]
+pub struct AddKey {
+    /// a name for this key, shown by list
+    #[argh(option)]
+    pub label: Option<String>,
+    /// the API's base URL, used as given (default https://coding-intl.dashscope.aliyuncs.com/v1)
+    #[argh(option)]
+    pub base_url: Option<String>,
+    /// a request header to send with this key, 'Name: value' (repeat for more)
+    #[argh(option)]
+    pub header: Vec<String>,
+    /// read the key from this environment variable
+    #[argh(option)]
+    pub from_env: Option<String>,
+    /// first make one request with the key (GET BASE_URL/models); refuse a key the server rejects
+    #[argh(switch)]
+    pub check: bool,
+    /// put the key into this key account in place of its old one (its counters stay)
+    #[argh(option)]
+    pub replace: Option<String>,
+    /// the account pool: NAME for qwen-accounts.NAME.json (default: $QWEN_CRED_POOL, else the default pool)
+    #[argh(option, arg_name = "name")]
+    pub pool: Option<PoolName>,
+}
+
+/// The options of `add-key` that take a value, and its switches. Anything else on its command
+/// line is refused before argh sees it, so that a key typed there is never echoed.
+const ADD_KEY_OPTIONS: [&str; 6] = [
+    "--label",
+    "--base-url",
+    "--header",
+    "--from-env",
+    "--replace",
+    "--pool",
+];
+const ADD_KEY_SWITCHES: [&str; 3] = ["--check", "--help", "-h"];
+
+/// `add-key` takes no positional argument: a key given there would be in `ps` output and the
+/// shell's history. Refused (exit 2) without quoting it, with the ways that keep it secret.
+fn screen_add_key(args: &[&str]) -> Result<(), String> {
+    let hint = "the key is never taken from the command line (ps and the shell history would show it): type it at the prompt, pipe it on stdin (qwen-cred add-key < file), or name an environment variable with --from-env VAR";
+    let mut it = args.iter().enumerate();
+    while let Some((i, a)) = it.next() {
+        if ADD_KEY_OPTIONS.contains(a) {
+            it.next();
+        } else if ADD_KEY_SWITCHES.contains(a) {
+        } else if a.starts_with("--") {
+            // Only the name: `--key=sk-...` carries the key after the `=`.
+            let name = a.split('=').next().unwrap_or_default();
+            let name: String = name
+                .chars()
+                .take(40)
+                .filter(|c| c.is_ascii_graphic())
+                .collect();
+            return Err(format!("add-key: unknown option {name}; {hint}"));
+        } else {
+            return Err(format!(
+                "add-key: argument {} is not an option; {hint}",
+                i + 1
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(FromArgs, Debug)]
@@ -474,6 +544,13 @@ pub fn parse(args: &[String]) -> Result<Cli, (String, bool)> {
     if rest.first() == Some(&"help") {
         rest.remove(0);
         rest.push("--help");
+    }
+    // A key given on the command line is refused before argh sees it, so no usage error can
+    // echo it (the command word may follow `--pool NAME`).
+    let add_key =
+        (0..rest.len()).find(|&i| rest[i] == "add-key" && (i == 0 || rest[i - 1] != "--pool"));
+    if let Some(i) = add_key {
+        screen_add_key(&rest[i + 1..]).map_err(|e| (e, false))?;
     }
     if rest.contains(&"-h") {
         short_help(&mut rest);
@@ -779,6 +856,43 @@ mod tests {
             let e = seconds(bad).err().unwrap_or_default();
             assert!(e.contains("not a number of seconds"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn add_key_refuses_a_key_on_the_command_line_without_quoting_it() {
+        for a in [
+            &["add-key", "sk-sp-secret"][..],
+            &["add-key", "--label", "work", "sk-sp-secret"],
+            &["add-key", "--key=sk-sp-secret"],
+            &["add-key", "--api-key", "sk-sp-secret"],
+            &["add-key", "--check", "--", "sk-sp-secret"],
+        ] {
+            match parse(&args(a)) {
+                Err((text, false)) => {
+                    assert!(!text.contains("sk-sp-secret"), "{a:?}: {text}");
+                    assert!(text.contains("--from-env"), "{a:?}: {text}");
+                }
+                other => panic!("{a:?}: {other:?}"),
+            }
+        }
+        assert!(parse(&args(&[
+            "add-key",
+            "--label",
+            "w",
+            "--header",
+            "X-A: b",
+            "--header",
+            "X-B: c",
+            "--check",
+            "--base-url",
+            "https://x/v1",
+            "--from-env",
+            "K",
+            "--replace",
+            "3"
+        ]))
+        .is_ok());
+        assert!(matches!(parse(&args(&["help", "add-key"])), Err((_, true))));
     }
 
     #[test]

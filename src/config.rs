@@ -271,6 +271,10 @@ impl Config {
         self.qwen_dir.join("oauth_creds.json")
     }
 
+    pub fn http_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.http_timeout_seconds)
+    }
+
     pub fn lock_timeout(&self) -> Duration {
         Duration::from_secs(self.settings.lock_timeout_seconds)
     }
@@ -339,6 +343,12 @@ fn env(name: &str) -> Option<String> {
 /// `$PATH`, where `doctor` looks for the binary.
 pub fn path_var() -> std::ffi::OsString {
     std::env::var_os("PATH").unwrap_or_default()
+}
+
+/// The value of the environment variable the user named (`add-key --from-env VAR`); `None`
+/// when unset or empty.
+pub fn named_env(name: &str) -> Option<String> {
+    env(name)
 }
 
 /// `QWEN_CRED_<KEY>`, upper-cased.

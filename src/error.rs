@@ -9,7 +9,8 @@ pub enum Error {
     Internal(String),
     /// Exit 2: the command line is wrong, or a choice is needed (full pool). Fix the command.
     Usage(String),
-    /// Exit 3: no account can serve (empty pool, or every account revoked). Run `qwen-cred login`.
+    /// Exit 3: no account can serve (empty pool, or every account revoked). Run `qwen-cred login`
+    /// (or `add-key`).
     NoAccount(String),
     /// Exit 4: every usable account cools down past the wait limit. Wait until the time given.
     RateLimited(String),
@@ -41,10 +42,12 @@ impl Error {
     /// No account can serve: exit 3, naming the revoked ones.
     pub fn no_account(revoked: &[String]) -> Error {
         if revoked.is_empty() {
-            Error::NoAccount("no account can serve: the pool is empty; run qwen-cred login".into())
+            Error::NoAccount(
+                "no account can serve: the pool is empty; run qwen-cred login (or qwen-cred add-key for an API key)".into(),
+            )
         } else {
             Error::NoAccount(format!(
-                "no account can serve: revoked: {}; run qwen-cred login",
+                "no account can serve: revoked: {}; run qwen-cred login (a key account: qwen-cred add-key --replace ID)",
                 revoked.join(", ")
             ))
         }

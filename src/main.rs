@@ -1,6 +1,7 @@
 //! qwen-cred: a stateless credential helper for a pool of Qwen OAuth accounts. `main` parses
 //! the command line, runs it, and maps an error to its exit code (cli.md).
 
+mod apikey;
 mod cli;
 mod commands;
 mod config;
@@ -19,6 +20,7 @@ mod signals;
 mod store;
 #[cfg(test)]
 mod strategies;
+mod tty;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

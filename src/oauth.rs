@@ -535,7 +535,7 @@ fn authority(rest: &str) -> &str {
 }
 
 /// Whether `url` is `http://` to 127.0.0.0/8, `[::1]` or `localhost`.
-fn loopback_http(url: &str) -> bool {
+pub(crate) fn loopback_http(url: &str) -> bool {
     let Some((scheme, rest)) = url.trim().split_once("://") else {
         return false;
     };

@@ -79,6 +79,11 @@ pub fn refresh_account(
     if current.status == Status::Revoked {
         return Ok(Refreshed::Revoked);
     }
+    // A key account has nothing to refresh (rotation never asks; this is the backstop): its
+    // key is served as it is.
+    if current.is_key() {
+        return Ok(Refreshed::Fresh(Box::new(current)));
+    }
     if current.access_token != *seen_access || !still_needed(&current) {
         crate::msg::debug(&format!(
             "account {id}: adopting the token another process refreshed"
@@ -183,17 +188,7 @@ fn refresh_and_store(
                     return Ok(false);
                 };
                 if a.refresh_token == used {
-                    a.status = Status::Revoked;
-                    a.status_reason = Some(reason.clone());
-                    a.status_changed_at = Some(now);
-                    a.last_error = Some(format!("revoked by the server: {reason}"));
-                    a.last_error_at = Some(now);
-                    crate::msg::warn(&format!(
-                        "account {} ({}) was revoked by the server ({reason}); run {} to sign it in again",
-                        a.id,
-                        a.name(),
-                        a.relogin_hint()
-                    ));
+                    a.revoke(&reason, now);
                 }
                 Ok(true)
             })?;

@@ -161,14 +161,17 @@ pub fn is_cooling(a: &Account, now: i64) -> bool {
     a.rate_limit_resets_at.is_some_and(|r| r > now)
 }
 
+/// A key account never expires.
 pub fn is_expired(a: &Account, now: i64) -> bool {
-    now >= a.expiry_date.saturating_sub(EXPIRY_SKEW_MS)
+    !a.is_key() && now >= a.expiry_date.saturating_sub(EXPIRY_SKEW_MS)
 }
 
+/// A key account is never due: it has nothing to refresh.
 pub fn is_due(a: &Account, now: i64, policy: &Policy) -> bool {
-    now >= a
-        .expiry_date
-        .saturating_sub(secs_to_ms(policy.proactive_refresh_buffer_seconds))
+    !a.is_key()
+        && now
+            >= a.expiry_date
+                .saturating_sub(secs_to_ms(policy.proactive_refresh_buffer_seconds))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,8 +183,12 @@ pub enum Need {
     Due,
 }
 
+/// Never for a key account: refresh does not apply, and `--min-valid` is always met.
 pub fn needs_refresh(a: &Account, now: i64, min_valid_secs: u64, policy: &Policy) -> Option<Need> {
-    if is_expired(a, now) || now >= a.expiry_date.saturating_sub(secs_to_ms(min_valid_secs)) {
+    if a.is_key() {
+        None
+    } else if is_expired(a, now) || now >= a.expiry_date.saturating_sub(secs_to_ms(min_valid_secs))
+    {
         Some(Need::Expired)
     } else if policy.proactive_token_refresh && is_due(a, now, policy) {
         Some(Need::Due)
@@ -1198,6 +1205,28 @@ mod tests {
             Some(Need::Expired),
             "no overflow"
         );
+    }
+
+    #[test]
+    fn a_key_account_is_never_expired_due_or_refreshed() {
+        let p = Policy::default();
+        let mut k = Account::new_key(
+            crate::secret::Secret::new("sk-1"),
+            "https://x/v1".into(),
+            Vec::new(),
+            0,
+        );
+        for expiry in [0, NOW, NOW + 1, crate::store::MAX_TIME_MS] {
+            k.expiry_date = expiry;
+            assert!(!is_expired(&k, NOW) && !is_due(&k, NOW, &p), "{expiry}");
+            for min_valid in [0, 3600, u64::MAX] {
+                assert_eq!(needs_refresh(&k, NOW, min_valid, &p), None);
+            }
+        }
+        // Nor does it make `token` start a background refresh.
+        let mut s = store(&["a"]);
+        s.accounts.push(k);
+        assert!(!background_refresh_due(&mut s, 0, &p, NOW, 0));
     }
 
     // ---- picking ----

@@ -39,16 +39,37 @@ pub enum Status {
     Revoked,
 }
 
+/// What an account holds: an OAuth login (the seed format; `kind` absent) or an API key,
+/// which has no refresh token and never expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    OAuth,
+    ApiKey,
+}
+
+impl Kind {
+    /// The store's spelling of `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::OAuth => "oauth",
+            Kind::ApiKey => "api_key",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Account {
     pub id: String,
+    pub kind: Kind,
     /// Empty when unknown; shown as a fingerprint then.
     pub email: String,
+    /// The bearer token: an OAuth access token, or a key account's API key.
     pub access_token: Secret,
+    /// Empty for a key account (in the file: absent).
     pub refresh_token: Secret,
     pub token_type: String,
     pub resource_url: Option<String>,
-    /// Unix ms.
+    /// Unix ms. A key account never expires: `MAX_TIME_MS` (in the file: absent).
     pub expiry_date: i64,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
@@ -96,6 +117,10 @@ pub struct Account {
     /// The last refresh failure or revocation, as shown by `status` (redacted server text).
     pub last_error: Option<String>,
     pub last_error_at: Option<i64>,
+    /// A key account's API base URL, used as it is (no `/v1` added).
+    pub base_url: Option<String>,
+    /// A key account's request headers besides `Authorization`, in the order given.
+    pub headers: Vec<(String, String)>,
     /// Fields this version does not know, written back unchanged.
     pub extra: Extra,
 }
@@ -299,6 +324,28 @@ impl Fields<'_> {
                 .ok()
                 .filter(|&n| n <= MAX_COUNT)
                 .ok_or_else(|| self.err(key, &expected))?;
+        }
+        Ok(out)
+    }
+
+    /// A key account's `headers`: an object of names and string values, each a header line
+    /// qwen-cred may print. Errors name the header, never its value (it may be a secret).
+    fn headers(&self, raw: &RawValue) -> Result<Vec<(String, String)>> {
+        let expected = "an object of header names and values";
+        let map = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get())
+            .map_err(|_| self.err("headers", expected))?;
+        let mut out: Vec<(String, String)> = Vec::with_capacity(map.len());
+        for (name, value) in map {
+            let Some(value) = value.as_str() else {
+                return Err(self.err(&format!("headers.{name:?}"), "a string"));
+            };
+            if let Err(why) = crate::apikey::check_header(&name, value) {
+                return Err(self.err(&format!("headers.{name:?}"), &why));
+            }
+            if out.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+                return Err(self.err(&format!("headers.{name:?}"), "one value per header name"));
+            }
+            out.push((name, value.to_string()));
         }
         Ok(out)
     }
@@ -532,8 +579,18 @@ impl Store {
         a
     }
 
+    /// The OAuth account holding this refresh token (a key account holds none).
     pub fn index_by_refresh_token(&self, rt: &Secret) -> Option<usize> {
-        self.accounts.iter().position(|a| a.refresh_token == *rt)
+        self.accounts
+            .iter()
+            .position(|a| a.kind == Kind::OAuth && a.refresh_token == *rt)
+    }
+
+    /// The key account holding this API key.
+    pub fn index_by_key(&self, key: &Secret) -> Option<usize> {
+        self.accounts
+            .iter()
+            .position(|a| a.kind == Kind::ApiKey && a.access_token == *key)
     }
 }
 
@@ -542,6 +599,7 @@ impl Account {
     pub fn new(access: Secret, refresh: Secret, expiry_date: i64, now: i64) -> Account {
         Account {
             id: String::new(),
+            kind: Kind::OAuth,
             email: String::new(),
             access_token: access,
             refresh_token: refresh.clone(),
@@ -572,14 +630,53 @@ impl Account {
             recent_requests_at: None,
             last_error: None,
             last_error_at: None,
+            base_url: None,
+            headers: Vec::new(),
             extra: Extra::default(),
         }
     }
 
+    /// A fresh key account; id and is_primary are set by `Store::add`.
+    pub fn new_key(
+        key: Secret,
+        base_url: String,
+        headers: Vec<(String, String)>,
+        now: i64,
+    ) -> Account {
+        let mut a = Account::new(key, Secret::default(), MAX_TIME_MS, now);
+        a.kind = Kind::ApiKey;
+        a.fingerprint = a.access_token.fingerprint();
+        a.base_url = Some(base_url);
+        a.headers = headers;
+        a
+    }
+
+    pub fn is_key(&self) -> bool {
+        self.kind == Kind::ApiKey
+    }
+
+    /// Marks the account revoked by its server, with `reason` (already redacted of every
+    /// secret), and says so once on stderr. Never tried again until a login or a new key.
+    pub fn revoke(&mut self, reason: &str, now: i64) {
+        self.status = Status::Revoked;
+        self.status_reason = Some(reason.to_string());
+        self.status_changed_at = Some(now);
+        self.last_error = Some(format!("revoked by the server: {reason}"));
+        self.last_error_at = Some(now);
+        crate::msg::warn(&format!(
+            "account {} ({}) was revoked by the server ({reason}); run {} to sign it in again",
+            self.id,
+            self.name(),
+            self.relogin_hint()
+        ));
+    }
+
     /// What to run to sign a revoked account in again: a login finds it by email, so one
-    /// without an email needs `--replace`.
+    /// without an email needs `--replace`; a key account takes a new key in its place.
     pub fn relogin_hint(&self) -> String {
-        if self.email.is_empty() {
+        if self.is_key() {
+            format!("qwen-cred add-key --replace {}", self.id)
+        } else if self.email.is_empty() {
             format!("qwen-cred login --replace {}", self.id)
         } else {
             "qwen-cred login".into()
@@ -587,9 +684,12 @@ impl Account {
     }
 
     /// How the account is named in messages and tables: its label, else its email, else its
-    /// fingerprint (never a token); a label with the email or fingerprint after it.
+    /// fingerprint (never a token; a key account's is the key's); a label with the email or
+    /// fingerprint after it.
     pub fn name(&self) -> String {
-        let who = if self.email.is_empty() {
+        let who = if self.is_key() {
+            format!("key {}", self.fingerprint)
+        } else if self.email.is_empty() {
             format!("fp {}", self.fingerprint)
         } else {
             self.email.clone()
@@ -602,16 +702,51 @@ impl Account {
 
     fn parse(mut f: Fields) -> Result<Account> {
         let id = f.required_string("id")?;
+        let kind = match f.string("kind", true)?.as_deref() {
+            None | Some("oauth") => Kind::OAuth,
+            Some("api_key") => Kind::ApiKey,
+            Some(_) => return Err(f.err("kind", "\"oauth\" or \"api_key\"")),
+        };
         let email = f.string("email", true)?.unwrap_or_default();
         let access_token = Secret::new(f.required_string("access_token")?);
-        let refresh_token = Secret::new(f.required_string("refresh_token")?);
         let token_type = f
             .string("token_type", true)?
             .unwrap_or_else(|| "Bearer".into());
-        let resource_url = f.string("resource_url", true)?.filter(|s| !s.is_empty());
-        let expiry_date = f
-            .time("expiry_date", false)?
-            .ok_or_else(|| f.err("expiry_date", "a number (Unix time in milliseconds)"))?;
+        // A key account has no refresh token, expiry or resource_url (such fields are kept
+        // as unknown ones); an OAuth account has no base_url or headers of its own.
+        let (refresh_token, resource_url, expiry_date, base_url, headers) = match kind {
+            Kind::OAuth => {
+                let refresh_token = Secret::new(f.required_string("refresh_token")?);
+                let resource_url = f.string("resource_url", true)?.filter(|s| !s.is_empty());
+                let expiry_date = f
+                    .time("expiry_date", false)?
+                    .ok_or_else(|| f.err("expiry_date", "a number (Unix time in milliseconds)"))?;
+                (refresh_token, resource_url, expiry_date, None, Vec::new())
+            }
+            Kind::ApiKey => {
+                // A key goes into a header line: whitespace or a control character would
+                // inject another one.
+                if crate::apikey::check_key(access_token.expose()).is_err() {
+                    return Err(f.err(
+                        "access_token",
+                        "an API key (visible ASCII characters, no spaces)",
+                    ));
+                }
+                let base = f.string("base_url", false)?.unwrap_or_default();
+                let base = crate::apikey::check_base_url(&base).map_err(|_| {
+                    f.err(
+                        "base_url",
+                        "an https:// URL (http:// only to a loopback host)",
+                    )
+                })?;
+                let headers =
+                    match f.take("headers", true, "an object of header names and values")? {
+                        None => Vec::new(),
+                        Some(raw) => f.headers(&raw)?,
+                    };
+                (Secret::default(), None, MAX_TIME_MS, Some(base), headers)
+            }
+        };
         let created_at = f.time("created_at", true)?.unwrap_or(0);
         let last_used_at = f.time("last_used_at", true)?;
         let total_requests = f
@@ -651,7 +786,10 @@ impl Account {
         let fingerprint = f
             .string("fingerprint", true)?
             .filter(|fp| !fp.is_empty())
-            .unwrap_or_else(|| refresh_token.fingerprint());
+            .unwrap_or_else(|| match kind {
+                Kind::ApiKey => access_token.fingerprint(),
+                Kind::OAuth => refresh_token.fingerprint(),
+            });
         let daily_requests = f
             .int("daily_requests", false, i64::MAX, "a non-negative integer")?
             .unwrap_or(0) as u64;
@@ -662,6 +800,7 @@ impl Account {
         let last_error_at = f.time("last_error_at", true)?;
         Ok(Account {
             id,
+            kind,
             email,
             access_token,
             refresh_token,
@@ -692,6 +831,8 @@ impl Account {
             recent_requests_at,
             last_error,
             last_error_at,
+            base_url,
+            headers,
             extra: f.map.rest(),
         })
     }
@@ -725,12 +866,32 @@ impl Serialize for Account {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("id", &self.id)?;
-        m.serialize_entry("email", &self.email)?;
-        m.serialize_entry("access_token", self.access_token.expose())?;
-        m.serialize_entry("refresh_token", self.refresh_token.expose())?;
-        m.serialize_entry("token_type", &self.token_type)?;
-        m.serialize_entry("resource_url", &self.resource_url)?;
-        m.serialize_entry("expiry_date", &self.expiry_date)?;
+        match self.kind {
+            Kind::OAuth => {
+                m.serialize_entry("email", &self.email)?;
+                m.serialize_entry("access_token", self.access_token.expose())?;
+                m.serialize_entry("refresh_token", self.refresh_token.expose())?;
+                m.serialize_entry("token_type", &self.token_type)?;
+                m.serialize_entry("resource_url", &self.resource_url)?;
+                m.serialize_entry("expiry_date", &self.expiry_date)?;
+            }
+            // No refresh token and no expiry: a key is what it is until the server refuses it.
+            Kind::ApiKey => {
+                m.serialize_entry("kind", self.kind.as_str())?;
+                m.serialize_entry("email", &self.email)?;
+                m.serialize_entry("access_token", self.access_token.expose())?;
+                m.serialize_entry("token_type", &self.token_type)?;
+                m.serialize_entry("base_url", &self.base_url)?;
+                if !self.headers.is_empty() {
+                    let h: serde_json::Map<String, serde_json::Value> = self
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().into()))
+                        .collect();
+                    m.serialize_entry("headers", &h)?;
+                }
+            }
+        }
         m.serialize_entry("created_at", &self.created_at)?;
         m.serialize_entry("last_used_at", &self.last_used_at)?;
         m.serialize_entry("total_requests", &self.total_requests)?;
@@ -979,6 +1140,88 @@ mod tests {
                     .contains("accounts[0].quota_window_ms: expected a number of milliseconds")),
                 "{bad}: {e:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_key_account_needs_no_refresh_token_and_round_trips() {
+        let text = r#"{"accounts": [
+            {"id": "1", "access_token": "a", "refresh_token": "r", "expiry_date": 1},
+            {"id": "2", "kind": "api_key", "label": "work", "access_token": "sk-sp-1",
+             "base_url": "https://coding-intl.dashscope.aliyuncs.com/v1/",
+             "headers": {"User-Agent": "QwenCode/1 (linux; x64)", "X-B": "c"},
+             "refresh_token": "kept-as-is", "expiry_date": 7, "total_requests": 5}]}"#;
+        let s = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let (o, k) = (&s.accounts[0], &s.accounts[1]);
+        assert!(!o.is_key() && k.is_key());
+        assert_eq!(k.label.as_deref(), Some("work"));
+        assert_eq!(
+            k.base_url.as_deref(),
+            Some("https://coding-intl.dashscope.aliyuncs.com/v1")
+        );
+        assert_eq!(k.headers[0].0, "User-Agent");
+        assert_eq!(k.headers[1], ("X-B".into(), "c".into()));
+        assert_eq!((k.expiry_date, k.total_requests), (MAX_TIME_MS, 5));
+        assert_eq!(k.fingerprint, Secret::new("sk-sp-1").fingerprint());
+        assert!(k.name().starts_with("work (key ") && !k.name().contains("sk-sp-1"));
+        assert_eq!(k.relogin_hint(), "qwen-cred add-key --replace 2");
+        let out = String::from_utf8(s.to_json()).unwrap_or_default();
+        // A key account's fields of an OAuth account are kept as unknown ones, unchanged.
+        assert!(out.contains(r#""refresh_token": "kept-as-is""#), "{out}");
+        assert!(out.contains(r#""expiry_date": 7"#), "{out}");
+        assert!(out.contains(r#""kind": "api_key""#), "{out}");
+        assert_eq!(parse(&out).ok(), Some(s), "a rewrite reads back the same");
+        // The seed format stays plain: no kind on an OAuth account.
+        let oauth = out.split(r#""id": "2""#).next().unwrap_or_default();
+        assert!(!oauth.contains("kind"), "{out}");
+    }
+
+    #[test]
+    fn a_bad_key_account_is_named_never_quoting_a_secret() {
+        for (account, says) in [
+            (
+                r#"{"id": "1", "access_token": "a", "expiry_date": 1}"#,
+                "accounts[0].refresh_token: expected",
+            ),
+            (
+                r#"{"id": "1", "kind": "key", "access_token": "a"}"#,
+                "accounts[0].kind: expected",
+            ),
+            (
+                r#"{"id": "1", "kind": "api_key", "access_token": "a"}"#,
+                "accounts[0].base_url: expected",
+            ),
+            (
+                r#"{"id": "1", "kind": "api_key", "access_token": "a", "base_url": "http://example.com"}"#,
+                "accounts[0].base_url: expected",
+            ),
+            (
+                r#"{"id": "1", "kind": "api_key", "access_token": "sk x", "base_url": "https://x"}"#,
+                "accounts[0].access_token: expected an API key",
+            ),
+            (
+                r#"{"id": "1", "kind": "api_key", "access_token": "a", "base_url": "https://x", "headers": []}"#,
+                "accounts[0].headers: expected",
+            ),
+            (
+                r#"{"id": "1", "kind": "api_key", "access_token": "a", "base_url": "https://x", "headers": {"X-A": 1}}"#,
+                "accounts[0].headers.\"X-A\": expected a string",
+            ),
+            (
+                r#"{"id": "1", "kind": "api_key", "access_token": "a", "base_url": "https://x", "headers": {"X-A": "secret\r\nX-Evil: 1"}}"#,
+                "accounts[0].headers.\"X-A\": expected a value",
+            ),
+            (
+                r#"{"id": "1", "kind": "api_key", "access_token": "a", "base_url": "https://x", "headers": {"Authorization": "Bearer secret"}}"#,
+                "accounts[0].headers.\"Authorization\": expected a header other",
+            ),
+        ] {
+            let e = parse(&format!(r#"{{"accounts": [{account}]}}"#))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(says), "{account}: {e}");
+            assert!(!e.contains("secret"), "{e}");
         }
     }
 

@@ -1748,3 +1748,50 @@ fn report_429_json_says_what_it_decided_before_it_waits() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+/// A key pool through the plugin: a key the server refuses (401) gets the plugin's forced
+/// `refresh`, which for a key account checks the key, finds it invalid and revokes it
+/// (exit 3); the same request then goes to the next key, with the key's own headers and
+/// none of OAuth's. No key reaches a command line.
+#[test]
+fn plugin_fetch_passes_over_a_key_the_server_rejects() {
+    use std::io::Write;
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let (k1, k2) = ("sk-sp-plugin-key-1", "sk-sp-plugin-key-2");
+    let mock = Mock::start();
+    mock.add_key(k1, Default::default());
+    mock.add_key(k2, Default::default());
+    let oc = Oc::new(&mock);
+    let base = format!("{}/v1", mock.base_url());
+    for k in [k1, k2] {
+        let mut child = oc
+            .env
+            .cmd(&["add-key", "--base-url", &base, "--header", "X-Client: test"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("add-key");
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(k.as_bytes());
+        }
+        assert!(child.wait().expect("wait").success());
+    }
+    oc.env.expect(&["opencode", "install"], 0);
+    mock.revoke_key(k1);
+    let plan = json!({"step": "fetch", "base": base, "auth": AUTH_MARKER, "body": "stream"});
+    let r = node_step(&oc, &node, plan);
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert!(bearers(&mock) == [k1, k2], "not key 1, then key 2");
+    let last = chat_requests(&mock).pop().expect("request");
+    assert_eq!(last.header("x-client"), Some("test"));
+    assert_eq!(last.header("x-dashscope-authtype"), None);
+    assert_same_bodies(&mock);
+    let s = oc.read_store();
+    assert_eq!(s["accounts"][0]["status"], "revoked", "{s}");
+    assert!(s["accounts"][1].get("status").is_none(), "{s}");
+    let log = oc.argv_log();
+    assert!(log.contains("refresh --account 1 --force"), "{log}");
+    assert_no_token_in_argv(&oc, &[k1, k2]);
+}

@@ -322,7 +322,7 @@ fn an_account_id_is_only_taken_for_its_own_pool() {
 
     // The default pool's `--format env` says so too.
     let (out, _) = env.expect(&["token", "--format", "env"], 0);
-    assert!(out.ends_with("export QWEN_CRED_POOL='default'\n"), "{out}");
+    assert!(out.contains("\nexport QWEN_CRED_POOL='default'\n"), "{out}");
 
     // QWEN_CRED_ACCOUNT_ID=2 of the default pool (no QWEN_CRED_POOL) is not account 2 of
     // pool other: report-429 --pool other reports other's current account, 1.

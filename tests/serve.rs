@@ -19,6 +19,9 @@
 //!   one (single use), so that a refresh token sent twice is answered 400 and counted.
 //! - `QWEN_MOCK_EMAILS`: comma-separated; each login is approved with the next email.
 //! - `QWEN_MOCK_ACCOUNTS`: comma-separated `refresh:access` token pairs known from the start.
+//! - `QWEN_MOCK_KEYS`: comma-separated API keys the API takes, each with `QWEN_MOCK_QUOTA`
+//!   requests per window of `QWEN_MOCK_KEY_WINDOW` seconds (default 3600; a 429 says
+//!   `Retry-After`).
 //! - `QWEN_MOCK_QWEN_CLI_DIR`: runs a simulated Qwen Code CLI on that directory's
 //!   `oauth_creds.json` once the run starts ([`QwenCliSim`]), with
 //!   `QWEN_MOCK_QWEN_CLI_INTERVAL` (seconds between its refreshes, default 15) and
@@ -26,7 +29,7 @@
 //!
 //! [`State::stats`]: crate::util::mock::State::stats
 
-use crate::util::mock::{Mock, Outcome, CLIENT_ID};
+use crate::util::mock::{KeySpec, Mock, Outcome, CLIENT_ID};
 use serde_json::{json, Value};
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -88,6 +91,15 @@ fn serve_mock() {
             interval: Duration::from_secs_f64(secs("QWEN_MOCK_QWEN_CLI_INTERVAL").unwrap_or(15.0)),
             slow: Duration::from_secs_f64(secs("QWEN_MOCK_QWEN_CLI_SLOW").unwrap_or(12.0)),
         });
+    let window = var("QWEN_MOCK_KEY_WINDOW").parse().unwrap_or(3600);
+    for key in var("QWEN_MOCK_KEYS").split(',').filter(|k| !k.is_empty()) {
+        let spec = KeySpec {
+            quota: var("QWEN_MOCK_QUOTA").parse().ok(),
+            window: Duration::from_secs(window),
+            ..KeySpec::default()
+        };
+        mock.add_key(key, spec);
+    }
     let mut out = std::io::stdout();
     let _ = writeln!(out, "MOCK_URL={}", mock.base_url());
     let _ = out.flush();

@@ -8,15 +8,16 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// A tmux server of its own (socket in the test's temp dir) running one command.
-struct Tmux<'a> {
+/// A tmux server of its own (socket in the test's temp dir) running one command (also used
+/// by keys.rs for the no-echo prompt).
+pub(crate) struct Tmux<'a> {
     env: &'a Env,
     tmux: PathBuf,
 }
 
 impl<'a> Tmux<'a> {
     /// Starts `script` (sh) in a detached session; `None` when tmux is not installed.
-    fn start(env: &'a Env, script: &str) -> Option<Tmux<'a>> {
+    pub(crate) fn start(env: &'a Env, script: &str) -> Option<Tmux<'a>> {
         let t = Tmux {
             env,
             tmux: program("QWEN_CRED_TEST_TMUX", "tmux")?,
@@ -45,14 +46,14 @@ impl<'a> Tmux<'a> {
         c.output().expect("run tmux")
     }
 
-    fn keys(&self, keys: &[&str]) {
+    pub(crate) fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys", "-t", "t"];
         args.extend(keys);
         self.cmd(&args);
     }
 
     /// Polls the screen until it shows `what`; panics with the screen after `secs`.
-    fn wait_for(&self, what: &str, secs: u64) -> String {
+    pub(crate) fn wait_for(&self, what: &str, secs: u64) -> String {
         let end = Instant::now() + Duration::from_secs(secs);
         loop {
             let screen = util::text(&self.cmd(&["capture-pane", "-p", "-J", "-t", "t"]).stdout);

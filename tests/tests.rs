@@ -8,6 +8,7 @@ mod core;
 mod doctor;
 mod headers;
 mod keep;
+mod keys;
 mod oauth;
 mod opencode;
 mod pools;

@@ -30,10 +30,10 @@ pub fn list(cfg: &Config, args: &List) -> Result<()> {
     }
     if s.accounts.is_empty() {
         crate::msg::warn(&match cfg.pool.name() {
-            None => "no accounts; add one with `qwen-cred login` or `qwen-cred import`".into(),
-            Some(p) => {
-                format!("no accounts in pool {p}; add one with `qwen-cred login --pool {p}`")
-            }
+            None => "no accounts; add one with `qwen-cred login`, `qwen-cred import` or `qwen-cred add-key`".into(),
+            Some(p) => format!(
+                "no accounts in pool {p}; add one with `qwen-cred login --pool {p}` or `qwen-cred add-key --pool {p}`"
+            ),
         });
         return Ok(());
     }
@@ -96,7 +96,9 @@ pub fn table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) -> String {
 
 /// `in 1h 59m`, or `expired 3m ago`.
 pub fn expiry_text(a: &Account, now: i64) -> String {
-    if crate::rotation::is_expired(a, now) {
+    if a.is_key() {
+        "never (API key)".into()
+    } else if crate::rotation::is_expired(a, now) {
         format!("expired {}", relative(a.expiry_date, now))
     } else {
         relative(a.expiry_date, now)
@@ -140,12 +142,13 @@ pub fn state_word(s: &Store, a: &Account, now: i64) -> &'static str {
 pub fn account_json(cfg: &Config, s: &Store, a: &Account, now: i64) -> Value {
     json!({
         "id": a.id,
+        "kind": a.kind.as_str(),
         "email": a.email,
         "fingerprint": a.fingerprint,
         "state": state_word(s, a, now),
         "current": s.current_account_id.as_deref() == Some(&a.id),
         "status_reason": a.status_reason,
-        "expires_at": rfc3339(a.expiry_date),
+        "expires_at": (!a.is_key()).then(|| rfc3339(a.expiry_date)),
         "expired": crate::rotation::is_expired(a, now),
         "total_requests": a.total_requests,
         "last_used_at": a.last_used_at.map(rfc3339),
@@ -159,6 +162,8 @@ pub fn account_json(cfg: &Config, s: &Store, a: &Account, now: i64) -> Value {
         "disabled": a.disabled,
         "pending_journal": crate::journal::is_pending(&cfg.pool, &a.id),
         "pool": cfg.pool.arg(),
+        "kind": if a.is_key() { "api_key" } else { "oauth" },
+        "base_url": a.base_url,
     })
 }
 

@@ -133,8 +133,11 @@ fn login(cfg: &Config, args: &Login) -> Result<()> {
 
 /// Puts the new account in the pool; returns its index.
 fn place(s: &mut Store, new: Account, slot: &Slot, now: i64) -> Result<usize> {
+    // Only an OAuth account is the same login (a key account may carry any email).
     let same = s.accounts.iter().position(|a| {
-        (!new.email.is_empty() && a.email == new.email) || a.refresh_token == new.refresh_token
+        !a.is_key()
+            && ((!new.email.is_empty() && a.email == new.email)
+                || a.refresh_token == new.refresh_token)
     });
     let i = match (same, slot) {
         (_, Slot::Fresh) => {

@@ -4,6 +4,7 @@ mod accounts;
 mod completions;
 mod config;
 mod doctor;
+mod keys;
 mod login;
 mod opencode;
 mod refresh;
@@ -51,6 +52,7 @@ fn run_in(cli: Cli, pool_name: &mut Option<String>) -> Result<()> {
         Command::Token(a) => token::run(&cfg, &a),
         Command::Report429(a) => report_429::run(&cfg, &a),
         Command::Login(a) => login::run(&cfg, &a),
+        Command::AddKey(a) => keys::add(&cfg, &a),
         Command::Refresh(a) => refresh::run(&cfg, &a),
         Command::List(a) => accounts::list(&cfg, &a),
         Command::Use(a) => accounts::use_(&cfg, &a),

@@ -1,6 +1,7 @@
 //! `qwen-cred refresh`: refresh tokens now, one account, all, or those due (for cron, and
 //! for the detached child `token` starts).
 
+use super::keys::Checked;
 use crate::cli::Refresh;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -55,6 +56,36 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
                 None,
                 format!("revoked; run {}", a.relogin_hint()),
             )
+        } else if a.is_key() {
+            // A key has nothing to refresh: it is checked with the server instead, so that a
+            // wrapper that got a 401 can learn whether the key is dead (exit 3, revoked).
+            match super::keys::check_account(cfg, a)? {
+                Checked::Accepted(note) => (
+                    "accepted",
+                    None,
+                    format!(
+                        "the key is accepted{}",
+                        note.map(|n| format!(" ({n})")).unwrap_or_default()
+                    ),
+                ),
+                Checked::Revoked => {
+                    revoked += 1;
+                    ("revoked", None, "revoked by the server".into())
+                }
+                Checked::Gone => (
+                    "removed",
+                    None,
+                    "removed or given another key meanwhile; skipped".into(),
+                ),
+                Checked::Failed(why) => {
+                    failed += 1;
+                    (
+                        "failed",
+                        None,
+                        format!("the key could not be checked: {why}"),
+                    )
+                }
+            }
         } else if !args.force && !rotation::is_due(a, now, &policy) {
             (
                 "not_due",
@@ -114,10 +145,10 @@ pub fn run(cfg: &Config, args: &Refresh) -> Result<()> {
     match (failed, revoked) {
         (0, 0) => Ok(()),
         (0, n) => Err(Error::NoAccount(format!(
-            "{n} account(s) revoked; run qwen-cred login"
+            "{n} account(s) revoked; run qwen-cred login (a key account: qwen-cred add-key --replace ID)"
         ))),
         (n, _) => Err(Error::Server(format!(
-            "{n} of {} refreshes failed; retry later",
+            "{n} of {} refreshes or key checks failed; retry later",
             targets.len()
         ))),
     }

@@ -301,34 +301,53 @@ fn serve(cfg: &Config, args: &Token, a: &Account, spawn: bool) -> Result<()> {
     Ok(())
 }
 
-/// The request headers an integration should send (qwen-oauth.md, The API).
-pub fn headers(a: &Account) -> Vec<(&'static str, String)> {
+/// The request headers an integration should send: `Authorization`, then for an OAuth
+/// account the official client's headers (qwen-oauth.md, The API), for a key account the
+/// headers it was added with (none by default: the client making the request says who it
+/// is, and no DashScope OAuth header belongs on a key).
+pub fn headers(a: &Account) -> Vec<(String, String)> {
     let mut h = vec![(
-        "Authorization",
+        "Authorization".to_string(),
         format!("Bearer {}", a.access_token.expose()),
     )];
-    h.extend(crate::oauth::api_headers(env!("CARGO_PKG_VERSION")));
+    if a.is_key() {
+        h.extend(a.headers.iter().cloned());
+    } else {
+        h.extend(
+            crate::oauth::api_headers(env!("CARGO_PKG_VERSION"))
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
+    }
     h
 }
 
 fn format_token(cfg: &Config, a: &Account, format: Format) -> String {
-    let base_url = crate::oauth::api_base_url(
-        a.resource_url.as_deref(),
-        &cfg.settings.default_resource_url,
-    );
+    let base_url = match (&a.base_url, a.is_key()) {
+        (Some(u), true) => u.clone(),
+        _ => crate::oauth::api_base_url(
+            a.resource_url.as_deref(),
+            &cfg.settings.default_resource_url,
+        ),
+    };
     let token = a.access_token.expose();
     match format {
         Format::Raw => format!("{token}\n"),
         Format::Json => {
             let hdrs: serde_json::Map<String, serde_json::Value> = headers(a)
                 .into_iter()
-                .map(|(k, v)| (k.to_string(), v.into()))
+                .map(|(k, v)| (k, v.into()))
                 .collect();
-            let v = serde_json::json!({
+            // A key never expires: no expiry to give.
+            let (expires_at, expiry_date) = match a.is_key() {
+                true => (serde_json::Value::Null, serde_json::Value::Null),
+                false => (rfc3339(a.expiry_date).into(), a.expiry_date.into()),
+            };
+            let mut v = serde_json::json!({
                 "access_token": token,
                 "token_type": "Bearer",
-                "expires_at": rfc3339(a.expiry_date),
-                "expiry_date": a.expiry_date,
+                "expires_at": expires_at,
+                "expiry_date": expiry_date,
                 "account_id": a.id,
                 "email": a.email,
                 "label": a.label,
@@ -336,16 +355,30 @@ fn format_token(cfg: &Config, a: &Account, format: Format) -> String {
                 "base_url": base_url,
                 "headers": hdrs,
             });
+            if a.is_key() {
+                v["kind"] = a.kind.as_str().into();
+                v["label"] = a.label.clone().into();
+            }
             format!("{v}\n")
         }
         // The pool too: an account id means something only in its pool, and report-429
         // takes QWEN_CRED_ACCOUNT_ID only for the pool QWEN_CRED_POOL names.
+        // QWEN_CRED_HEADERS: the request headers besides Authorization, one per line, for a
+        // wrapper that sends the key itself (scripts/qwen-curl).
         Format::Env => format!(
-            "export OPENAI_API_KEY={}\nexport OPENAI_BASE_URL={}\nexport QWEN_CRED_ACCOUNT_ID={}\nexport QWEN_CRED_POOL={}\n",
+            "export OPENAI_API_KEY={}\nexport OPENAI_BASE_URL={}\nexport QWEN_CRED_ACCOUNT_ID={}\nexport QWEN_CRED_POOL={}\nexport QWEN_CRED_HEADERS={}\n",
             sh_quote(token),
             sh_quote(&base_url),
             sh_quote(&a.id),
-            sh_quote(cfg.pool.arg())
+            sh_quote(cfg.pool.arg()),
+            sh_quote(
+                &headers(a)
+                    .iter()
+                    .skip(1)
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
         ),
         Format::Header => headers(a)
             .iter()

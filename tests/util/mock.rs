@@ -1,5 +1,7 @@
 //! A mock of the Qwen OAuth service and its OpenAI-compatible API for integration tests
-//! (protocol: spec/qwen-oauth.md).
+//! (protocol: spec/qwen-oauth.md), which also takes API keys (Coding Plan, DashScope, any
+//! OpenAI-compatible key) with no OAuth behind them: per-key quotas and windows, 429s in each
+//! header style such APIs use, `GET /v1/models`, and an Anthropic-style `POST /v1/messages`.
 //!
 //! A plain `std::net` HTTP/1.1 server: one accept thread, one thread per connection, one
 //! response per connection (`Connection: close`) so there is no keep-alive state to get wrong.
@@ -26,6 +28,8 @@ pub const QUOTA_BODY: &str = r#"{"error":{"code":"insufficient_quota","message":
 pub const EXPIRED_BODY: &str =
     r#"{"error":{"code":"invalid_api_key","message":"invalid access token or token expired"}}"#;
 pub const RATE_LIMIT_BODY: &str = r#"{"error":{"code":"rate_limit_exceeded","message":"Requests rate limit exceeded, please try again later.","type":"rate_limit_exceeded"}}"#;
+/// What a service for coding agents only says to another client.
+pub const NOT_AN_AGENT_BODY: &str = r#"{"error":{"message":"This plan is only available for coding agents such as Qwen Code and Claude Code.","type":"access_denied"}}"#;
 
 /// Just over ureq's default 10 MiB body limit, so a client without its own limit still fails.
 const HUGE_LEN: usize = 10 * 1024 * 1024;
@@ -125,6 +129,47 @@ pub enum ApiReply {
     },
 }
 
+/// How a key's 429 says when to come back: the header styles of OpenAI-compatible APIs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetHint {
+    /// No hint at all.
+    None,
+    /// `Retry-After: <seconds until the window resets>`.
+    RetryAfter,
+    /// `x-ratelimit-reset-requests: 6m0s` (a Go duration string, as OpenAI sends it).
+    ResetRequests,
+    /// `x-ratelimit-reset-tokens: 6m0s`.
+    ResetTokens,
+    /// `X-RateLimit-Reset: <Unix seconds>`.
+    ResetEpochSeconds,
+    /// `X-RateLimit-Reset: <Unix milliseconds>`.
+    ResetEpochMs,
+}
+
+/// An API key the mock takes ([`Mock::add_key`]).
+#[derive(Clone, Debug)]
+pub struct KeySpec {
+    /// Requests answered 200 per window; `None`: no limit.
+    pub quota: Option<u32>,
+    /// The quota window; it starts with the window's first request.
+    pub window: Duration,
+    /// How a 429 says when the window resets.
+    pub hint: ResetHint,
+    /// The 429 carries the `insufficient_quota` body instead of a rate-limit one.
+    pub quota_body: bool,
+}
+
+impl Default for KeySpec {
+    fn default() -> Self {
+        KeySpec {
+            quota: None,
+            window: Duration::from_secs(3600),
+            hint: ResetHint::RetryAfter,
+            quota_body: false,
+        }
+    }
+}
+
 /// One request as the mock received it.
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -186,7 +231,7 @@ pub struct State {
     pub max_concurrent_same_refresh: u32,
     /// Refresh requests answered 400 (dead, unknown or wrong client).
     pub bad_refreshes: u32,
-    /// Chat requests answered 200, per account.
+    /// Chat and messages requests answered 200, per account (a key is an account too).
     pub api_ok: HashMap<u64, u32>,
     /// Chat requests answered 429 by the throttle ([`Mock::set_throttle_per_minute`]).
     pub api_throttled: u32,
@@ -227,6 +272,10 @@ pub struct State {
     refresh_tokens: HashMap<String, RefreshEntry>,
     access_tokens: HashMap<String, AccessEntry>,
     api_scripts: HashMap<u64, VecDeque<ApiReply>>,
+    keys: HashMap<String, KeyEntry>,
+    /// A header (name, value prefix) every request made with a key must carry.
+    key_required_header: Option<(String, String)>,
+    echo_invalid_key: bool,
     faults: VecDeque<Fault>,
     sticky_fault: Option<Fault>,
     held: HashSet<String>,
@@ -353,6 +402,9 @@ impl State {
             refresh_tokens: HashMap::new(),
             access_tokens: HashMap::new(),
             api_scripts: HashMap::new(),
+            keys: HashMap::new(),
+            key_required_header: None,
+            echo_invalid_key: false,
             faults: VecDeque::new(),
             sticky_fault: None,
             held: HashSet::new(),
@@ -438,6 +490,15 @@ struct RefreshEntry {
 struct AccessEntry {
     account: u64,
     expires_at: Instant,
+}
+
+#[derive(Debug)]
+struct KeyEntry {
+    account: u64,
+    spec: KeySpec,
+    live: bool,
+    window_start: Option<Instant>,
+    used: u32,
 }
 
 type Shared = Arc<(Mutex<State>, Condvar)>;
@@ -672,6 +733,61 @@ impl Mock {
     /// Queues a scripted answer for the next chat request of this account.
     pub fn api_script_for(&self, account: u64, reply: ApiReply) {
         self.update(|s| s.api_scripts.entry(account).or_default().push_back(reply));
+    }
+
+    // --- API keys ---
+
+    /// Registers an API key the API takes with no OAuth behind it; returns its account
+    /// number (shared with OAuth accounts: `api_ok` and `api_script_for` use it).
+    pub fn add_key(&self, key: &str, spec: KeySpec) -> u64 {
+        self.update(|s| {
+            s.next_account += 1;
+            let account = s.next_account;
+            s.keys.insert(
+                key.to_string(),
+                KeyEntry {
+                    account,
+                    spec,
+                    live: true,
+                    window_start: None,
+                    used: 0,
+                },
+            );
+            account
+        })
+    }
+
+    /// The API refuses this key from now on (401 `invalid_api_key`), as after its deletion.
+    pub fn revoke_key(&self, key: &str) {
+        self.update(|s| {
+            if let Some(e) = s.keys.get_mut(key) {
+                e.live = false;
+            }
+        });
+    }
+
+    /// Every request made with a key must carry header `name` with a value starting with
+    /// `prefix`, else 403 [`NOT_AN_AGENT_BODY`] (a plan for coding agents only).
+    pub fn require_header_for_keys(&self, header: Option<(&str, &str)>) {
+        self.update(|s| {
+            s.key_required_header = header.map(|(n, p)| (n.to_string(), p.to_string()));
+        });
+    }
+
+    /// A refused key's 401 quotes the key, as OpenAI's "Incorrect API key provided: ..." does.
+    pub fn set_echo_invalid_key(&self, on: bool) {
+        self.update(|s| s.echo_invalid_key = on);
+    }
+
+    /// Requests answered 200 with this key, over all windows.
+    pub fn key_ok(&self, key: &str) -> u32 {
+        self.state(|s| {
+            s.keys
+                .get(key)
+                .and_then(|e| s.api_ok.get(&e.account))
+                .copied()
+                .unwrap_or(0)
+        })
     }
 
     // --- faults ---
@@ -1171,6 +1287,8 @@ fn route(shared: &Shared, req: &Request) -> Option<Response> {
             Response::json(200, &json!({}))
         }
         ("POST", "/v1/responses") => responses(shared, req),
+        ("POST", "/v1/messages") => messages(shared, req),
+        ("GET", "/v1/models") => models(shared, req),
         ("GET", "/authorize") => Response::raw(
             200,
             "text/html; charset=utf-8",
@@ -1455,24 +1573,127 @@ fn chat(shared: &Shared, req: &Request) -> Response {
     resp
 }
 
-fn chat_locked(st: &mut State, req: &Request) -> Response {
-    let unauthorized = || Response::raw(401, "application/json", EXPIRED_BODY);
-    let token = req
-        .header("authorization")
+/// The wire format of an API's errors.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    OpenAi,
+    Anthropic,
+}
+
+/// The credential of an API request: a bearer token, or Anthropic's `x-api-key`.
+fn credential(req: &Request) -> &str {
+    req.header("authorization")
         .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| req.header("x-api-key"))
         .unwrap_or_default()
-        .trim();
-    let account = match st.access_tokens.get(token) {
-        Some(e) if e.expires_at > Instant::now() => e.account,
+        .trim()
+}
+
+fn api_error(api: Api, status: u16, openai_body: &str, kind: &str, message: &str) -> Response {
+    match api {
+        Api::OpenAi => Response::raw(status, "application/json", openai_body.to_string()),
+        Api::Anthropic => Response::json(
+            status,
+            &json!({"type": "error", "error": {"type": kind, "message": message}}),
+        ),
+    }
+}
+
+/// The 401 for a key the API does not take (any more).
+fn invalid_key(st: &State, api: Api, key: &str) -> Response {
+    let message = match st.echo_invalid_key {
+        true => format!("Incorrect API key provided: {key}"),
+        false => "Incorrect API key provided.".to_string(),
+    };
+    match api {
+        Api::OpenAi => Response::json(
+            401,
+            &json!({"error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}}),
+        ),
+        Api::Anthropic => Response::json(
+            401,
+            &json!({"type": "error", "error": {"type": "authentication_error", "message": message}}),
+        ),
+    }
+}
+
+/// `6m0s`, `1h2m3s`, `45s`, `250ms`: a Go duration string, as OpenAI's reset headers carry.
+pub fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs() + u64::from(d.subsec_millis() > 0);
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
+/// The header that tells when a key's window resets, in the key's style.
+fn reset_header(hint: ResetHint, left: Duration) -> Option<(String, String)> {
+    let at = SystemTime::now() + left;
+    let epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs_up = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    Some(match hint {
+        ResetHint::None => return None,
+        ResetHint::RetryAfter => ("Retry-After".into(), secs_up.to_string()),
+        ResetHint::ResetRequests => ("x-ratelimit-reset-requests".into(), go_duration(left)),
+        ResetHint::ResetTokens => ("x-ratelimit-reset-tokens".into(), go_duration(left)),
+        ResetHint::ResetEpochSeconds => (
+            "X-RateLimit-Reset".into(),
+            (epoch.as_secs() + u64::from(epoch.subsec_nanos() > 0)).to_string(),
+        ),
+        ResetHint::ResetEpochMs => ("X-RateLimit-Reset".into(), epoch.as_millis().to_string()),
+    })
+}
+
+/// Who may make a model request, and whether its quota allows it: the account that serves
+/// it, or the answer refusing it. Counts the request when it passes.
+fn gate(st: &mut State, req: &Request, api: Api) -> Result<u64, Response> {
+    let token = credential(req).to_string();
+    let unauthorized = || {
+        api_error(
+            api,
+            401,
+            EXPIRED_BODY,
+            "authentication_error",
+            "invalid x-api-key",
+        )
+    };
+    let (account, key) = match st.access_tokens.get(&token) {
+        Some(e) if e.expires_at > Instant::now() => (e.account, false),
         Some(_) => {
             st.api_expired_token += 1;
-            return unauthorized();
+            return Err(unauthorized());
         }
-        None => {
-            st.api_unknown_token += 1;
-            return unauthorized();
-        }
+        None => match st.keys.get(&token) {
+            Some(e) if e.live => (e.account, true),
+            Some(_) => return Err(invalid_key(st, api, &token)),
+            None => {
+                st.api_unknown_token += 1;
+                return Err(unauthorized());
+            }
+        },
     };
+    if key {
+        if let Some((name, prefix)) = &st.key_required_header {
+            if !req
+                .header(name)
+                .is_some_and(|v| v.starts_with(prefix.as_str()))
+            {
+                return Err(api_error(
+                    api,
+                    403,
+                    NOT_AN_AGENT_BODY,
+                    "permission_error",
+                    "only available for coding agents",
+                ));
+            }
+        }
+    }
     let scripted = st
         .api_scripts
         .get_mut(&account)
@@ -1484,10 +1705,12 @@ fn chat_locked(st: &mut State, req: &Request) -> Response {
             if let Some(v) = retry_after {
                 r.headers.push(("Retry-After".into(), v));
             }
-            return r;
+            return Err(r);
         }
-        Some(ApiReply::QuotaExceeded) => return Response::raw(429, "application/json", QUOTA_BODY),
-        Some(ApiReply::Unauthorized) => return unauthorized(),
+        Some(ApiReply::QuotaExceeded) => {
+            return Err(Response::raw(429, "application/json", QUOTA_BODY))
+        }
+        Some(ApiReply::Unauthorized) => return Err(unauthorized()),
         Some(ApiReply::Status {
             status,
             headers,
@@ -1495,7 +1718,7 @@ fn chat_locked(st: &mut State, req: &Request) -> Response {
         }) => {
             let mut r = Response::raw(status, "application/json", body);
             r.headers = headers;
-            return r;
+            return Err(r);
         }
     }
     let now = Instant::now();
@@ -1514,19 +1737,51 @@ fn chat_locked(st: &mut State, req: &Request) -> Response {
             st.api_throttled += 1;
             let mut r = Response::raw(429, "application/json", RATE_LIMIT_BODY);
             r.headers.push(("Retry-After".into(), secs.to_string()));
-            return r;
+            return Err(r);
         }
     }
-    let quota = st.quota_of(account);
-    let used = st.api_ok.entry(account).or_default();
-    if quota.is_some_and(|q| *used >= q) {
+    if key {
+        let Some(e) = st.keys.get_mut(&token) else {
+            return Err(unauthorized());
+        };
+        let start = match e.window_start {
+            Some(t) if now.duration_since(t) < e.spec.window => t,
+            _ => {
+                e.window_start = Some(now);
+                e.used = 0;
+                now
+            }
+        };
+        if e.spec.quota.is_some_and(|q| e.used >= q) {
+            let left = (start + e.spec.window).saturating_duration_since(now);
+            let (body, kind) = match e.spec.quota_body {
+                true => (QUOTA_BODY, "rate_limit_error"),
+                false => (RATE_LIMIT_BODY, "rate_limit_error"),
+            };
+            let mut r = api_error(api, 429, body, kind, "rate limit exceeded for this key");
+            r.headers.extend(reset_header(e.spec.hint, left));
+            return Err(r);
+        }
+        e.used += 1;
+    } else if st
+        .quota_of(account)
+        .is_some_and(|q| st.api_ok.get(&account).copied().unwrap_or(0) >= q)
+    {
         st.api_quota_exceeded += 1;
-        return Response::raw(429, "application/json", QUOTA_BODY);
+        return Err(Response::raw(429, "application/json", QUOTA_BODY));
     }
-    *used += 1;
+    *st.api_ok.entry(account).or_default() += 1;
     if st.throttle_per_minute.is_some() {
         st.api_window.entry(account).or_default().push_back(now);
     }
+    Ok(account)
+}
+
+fn chat_locked(st: &mut State, req: &Request) -> Response {
+    let account = match gate(st, req, Api::OpenAi) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     let content = format!("hello from account {account}");
     let stream = serde_json::from_str::<Value>(&req.body)
         .ok()
@@ -1563,6 +1818,107 @@ fn chat_locked(st: &mut State, req: &Request) -> Response {
         ),
         chunk(json!({}), json!("stop")),
     );
+    let mut r = Response::raw(200, "text/event-stream", body);
+    r.headers.push(("Cache-Control".into(), "no-cache".into()));
+    r
+}
+
+/// `GET /v1/models`: the cheapest authenticated call; counts against no quota.
+fn models(shared: &Shared, req: &Request) -> Response {
+    let st = lock(shared);
+    let token = credential(req);
+    let known = st
+        .access_tokens
+        .get(token)
+        .is_some_and(|e| e.expires_at > Instant::now());
+    let key = st.keys.get(token).filter(|e| e.live);
+    if !known && key.is_none() {
+        return match st.keys.contains_key(token) {
+            true => invalid_key(&st, Api::OpenAi, token),
+            false => Response::raw(401, "application/json", EXPIRED_BODY),
+        };
+    }
+    if key.is_some() {
+        if let Some((name, prefix)) = &st.key_required_header {
+            if !req
+                .header(name)
+                .is_some_and(|v| v.starts_with(prefix.as_str()))
+            {
+                return Response::raw(403, "application/json", NOT_AN_AGENT_BODY);
+            }
+        }
+    }
+    let model = |id: &str| json!({"id": id, "object": "model", "owned_by": "mock"});
+    Response::json(
+        200,
+        &json!({"object": "list", "data": [model("coder-model"), model("qwen3-coder-plus")]}),
+    )
+}
+
+/// `POST /v1/messages`, Anthropic-style: the key in `x-api-key` or `Authorization: Bearer`,
+/// a message answer, or its event stream with `"stream": true`.
+fn messages(shared: &Shared, req: &Request) -> Response {
+    let mut st = lock(shared);
+    let gated = gate(&mut st, req, Api::Anthropic);
+    drop(st);
+    shared.1.notify_all();
+    let account = match gated {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let asked: Value = serde_json::from_str(&req.body).unwrap_or(Value::Null);
+    let model = asked
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("qwen3-coder-plus")
+        .to_string();
+    let text = format!("hello from account {account}");
+    if !asked
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        return Response::json(
+            200,
+            &json!({
+                "id": "msg_mock_1",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": null,
+                "usage": {"input_tokens": 1, "output_tokens": 5},
+            }),
+        );
+    }
+    let events = [
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_mock_1", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 1, "output_tokens": 0}}}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+        ),
+        (
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        (
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+        ),
+        ("message_stop", json!({"type": "message_stop"})),
+    ];
+    let body: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
     let mut r = Response::raw(200, "text/event-stream", body);
     r.headers.push(("Cache-Control".into(), "no-cache".into()));
     r
