@@ -362,7 +362,7 @@ fn the_wrapper_loop_serves_every_accounts_quota() {
     }
     env.write_store(&json!({"accounts": accounts, "current_account_id": "1"}));
     let curl = format!(
-        "'{}/scripts/qwen-curl' -H 'Content-Type: application/json' -d '{{\"model\":\"coder-model\",\"messages\":[]}}' {}/v1/chat/completions",
+        "'{}/scripts/qwen-curl' -d '{{\"model\":\"coder-model\",\"messages\":[]}}' {}/v1/chat/completions",
         env!("CARGO_MANIFEST_DIR"),
         mock.base_url()
     );
@@ -377,6 +377,21 @@ fn the_wrapper_loop_serves_every_accounts_quota() {
     };
     assert_eq!(served, 3 * Q);
     assert_eq!(code, Some(4));
+    // Every request says it is JSON and carries the headers of `token --format header`
+    // (one list, qwen-cred's, not a copy in the script).
+    let chats: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/chat/completions")
+        .collect();
+    assert!(!chats.is_empty());
+    for r in &chats {
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert!(r
+            .header("user-agent")
+            .is_some_and(|v| v.starts_with("qwen-cred/")));
+        assert_eq!(r.header("x-dashscope-authtype"), Some("qwen-oauth"));
+    }
     let s = env.read_store();
     for a in s["accounts"].as_array().expect("accounts") {
         assert_eq!(a["rate_limit_reason"], "quota");
