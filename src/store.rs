@@ -181,9 +181,15 @@ impl Extra {
 #[derive(Default)]
 struct Members {
     list: Vec<(String, Option<Box<RawValue>>)>,
-    // A B-tree, not a hash map: a few dozen short keys compare faster than SipHash hashes.
-    index: BTreeMap<String, usize>,
+    /// Built only for a large object: a few dozen keys are found faster by comparing them in
+    /// order (most often the next one is the one asked for) than by hashing or a tree.
+    index: Option<BTreeMap<String, usize>>,
+    /// Where the last key taken stood: the store is written in the order it is read.
+    cursor: usize,
 }
+
+/// Objects with more members than this get an index.
+const SMALL_OBJECT: usize = 48;
 
 impl<'de> Deserialize<'de> for Members {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Members, D::Error> {
@@ -199,11 +205,20 @@ impl<'de> Deserialize<'de> for Members {
             ) -> std::result::Result<Members, A::Error> {
                 let mut m = Members::default();
                 while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
-                    match m.index.get(&k) {
-                        Some(&i) => m.list[i].1 = Some(v),
+                    match m.position(&k) {
+                        Some(i) => m.list[i].1 = Some(v),
                         None => {
-                            m.index.insert(k.clone(), m.list.len());
+                            if let Some(index) = &mut m.index {
+                                index.insert(k.clone(), m.list.len());
+                            }
                             m.list.push((k, Some(v)));
+                            if m.index.is_none() && m.list.len() > SMALL_OBJECT {
+                                m.index = Some(
+                                    (m.list.iter().enumerate())
+                                        .map(|(i, (k, _))| (k.clone(), i))
+                                        .collect(),
+                                );
+                            }
                         }
                     }
                 }
@@ -215,8 +230,18 @@ impl<'de> Deserialize<'de> for Members {
 }
 
 impl Members {
+    fn position(&self, key: &str) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(key).copied(),
+            None => (self.cursor..self.list.len())
+                .chain(0..self.cursor)
+                .find(|&i| self.list[i].0 == key),
+        }
+    }
+
     fn take(&mut self, key: &str) -> Option<Box<RawValue>> {
-        let i = *self.index.get(key)?;
+        let i = self.position(key)?;
+        self.cursor = i + 1;
         self.list[i].1.take()
     }
 
@@ -420,18 +445,30 @@ impl Store {
         if max_accounts == 0 {
             return Err(f.err("max_accounts", "a number from 1 to 10"));
         }
-        let list = match f.map.take("accounts") {
+        // Usually an array of objects, read in one pass; anything else is looked at closer
+        // to say what is wrong.
+        let members = match f.map.take("accounts") {
             None => Vec::new(),
-            Some(raw) => serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())
-                .map_err(|_| f.err("accounts", "an array"))?,
+            Some(raw) => match serde_json::from_str::<Vec<Members>>(raw.get()) {
+                Ok(list) => list,
+                Err(_) => {
+                    let list = serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())
+                        .map_err(|_| f.err("accounts", "an array"))?;
+                    let mut members = Vec::with_capacity(list.len());
+                    for (i, raw) in list.iter().enumerate() {
+                        let Ok(map) = serde_json::from_str::<Members>(raw.get()) else {
+                            return Err(Error::File(format!(
+                                "{name}: accounts[{i}]: expected an object"
+                            )));
+                        };
+                        members.push(map);
+                    }
+                    members
+                }
+            },
         };
-        let mut accounts: Vec<Account> = Vec::with_capacity(list.len());
-        for (i, raw) in list.iter().enumerate() {
-            let Ok(map) = serde_json::from_str::<Members>(raw.get()) else {
-                return Err(Error::File(format!(
-                    "{name}: accounts[{i}]: expected an object"
-                )));
-            };
+        let mut accounts: Vec<Account> = Vec::with_capacity(members.len());
+        for (i, map) in members.into_iter().enumerate() {
             let a = Account::parse(Fields {
                 map,
                 at: format!("accounts[{i}]"),
