@@ -164,8 +164,8 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
 /// `bytes` (a file at `path`) parsed as a JSON object of type `T`; `None` when empty or
 /// blank. Every problem is exit 6 naming the file: a UTF-8 byte order mark, invalid UTF-8,
 /// invalid JSON, or JSON that is not an object.
-pub fn parse_json_object<T: serde::de::DeserializeOwned>(
-    bytes: &[u8],
+pub fn parse_json_object<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
     path: &Path,
 ) -> Result<Option<T>> {
     let name = path.display();

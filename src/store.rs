@@ -7,6 +7,7 @@ use crate::secret::Secret;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 pub const STORE_VERSION: &str = "1.0";
@@ -176,11 +177,12 @@ impl Extra {
     }
 }
 
-/// An object's members in file order with each value's text, not yet interpreted. A key given
-/// twice keeps its first place and its last value, as a serde_json map does.
+/// An object's members in file order with each value's text, not yet interpreted, borrowed
+/// from the file's text (no copy unless a name has escapes). A key given twice keeps its
+/// first place and its last value, as a serde_json map does.
 #[derive(Default)]
-struct Members {
-    list: Vec<(String, Option<Box<RawValue>>)>,
+struct Members<'t> {
+    list: Vec<(Cow<'t, str>, Option<&'t RawValue>)>,
     /// Built only for a large object: a few dozen keys are found faster by comparing them in
     /// order (most often the next one is the one asked for) than by hashing or a tree.
     index: Option<BTreeMap<String, usize>>,
@@ -191,31 +193,56 @@ struct Members {
 /// Objects with more members than this get an index.
 const SMALL_OBJECT: usize = 48;
 
-impl<'de> Deserialize<'de> for Members {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Members, D::Error> {
+/// A member name, borrowed from the text when it has no escapes.
+struct Name<'t>(Cow<'t, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Name<'de>, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Members;
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> std::result::Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Members<'de>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> std::result::Result<Members, A::Error> {
+            ) -> std::result::Result<Members<'de>, A::Error> {
                 let mut m = Members::default();
-                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+                while let Some((Name(k), v)) = map.next_entry::<Name<'de>, &'de RawValue>()? {
                     match m.position(&k) {
                         Some(i) => m.list[i].1 = Some(v),
                         None => {
                             if let Some(index) = &mut m.index {
-                                index.insert(k.clone(), m.list.len());
+                                index.insert(k.to_string(), m.list.len());
                             }
                             m.list.push((k, Some(v)));
                             if m.index.is_none() && m.list.len() > SMALL_OBJECT {
                                 m.index = Some(
                                     (m.list.iter().enumerate())
-                                        .map(|(i, (k, _))| (k.clone(), i))
+                                        .map(|(i, (k, _))| (k.to_string(), i))
                                         .collect(),
                                 );
                             }
@@ -229,7 +256,7 @@ impl<'de> Deserialize<'de> for Members {
     }
 }
 
-impl Members {
+impl<'t> Members<'t> {
     fn position(&self, key: &str) -> Option<usize> {
         match &self.index {
             Some(index) => index.get(key).copied(),
@@ -239,18 +266,18 @@ impl Members {
         }
     }
 
-    fn take(&mut self, key: &str) -> Option<Box<RawValue>> {
+    fn take(&mut self, key: &str) -> Option<&'t RawValue> {
         let i = self.position(key)?;
         self.cursor = i + 1;
         self.list[i].1.take()
     }
 
-    /// What was not taken.
+    /// What was not taken, copied out of the text.
     fn rest(self) -> Extra {
         Extra(
             self.list
                 .into_iter()
-                .filter_map(|(k, v)| Some((k, v?)))
+                .filter_map(|(k, v)| Some((k.into_owned(), v?.to_owned())))
                 .collect(),
         )
     }
@@ -259,12 +286,12 @@ impl Members {
 /// Reads one object's fields by name, taking each known one so that what is left is the
 /// passthrough `extra`; errors name the file and the field path.
 struct Fields<'a> {
-    map: Members,
+    map: Members<'a>,
     at: String,
     file: &'a Path,
 }
 
-impl Fields<'_> {
+impl<'a> Fields<'a> {
     fn err(&self, key: &str, expected: &str) -> Error {
         let sep = if self.at.is_empty() { "" } else { "." };
         Error::File(format!(
@@ -276,7 +303,7 @@ impl Fields<'_> {
 
     /// The value's JSON text. Missing -> `None`. `null` -> `None` only where `nullable`.
     /// Taking leaves the unknown fields in their order.
-    fn take(&mut self, key: &str, nullable: bool, expected: &str) -> Result<Option<Box<RawValue>>> {
+    fn take(&mut self, key: &str, nullable: bool, expected: &str) -> Result<Option<&'a RawValue>> {
         let Some(raw) = self.map.take(key) else {
             return Ok(None);
         };
@@ -376,11 +403,7 @@ impl Fields<'_> {
     }
 
     fn bool(&mut self, key: &str) -> Result<Option<bool>> {
-        match self
-            .take(key, false, "true or false")?
-            .as_deref()
-            .map(RawValue::get)
-        {
+        match self.take(key, false, "true or false")?.map(RawValue::get) {
             None => Ok(None),
             Some("true") => Ok(Some(true)),
             Some("false") => Ok(Some(false)),
@@ -452,7 +475,7 @@ impl Store {
             Some(raw) => match serde_json::from_str::<Vec<Members>>(raw.get()) {
                 Ok(list) => list,
                 Err(_) => {
-                    let list = serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())
+                    let list = serde_json::from_str::<Vec<&RawValue>>(raw.get())
                         .map_err(|_| f.err("accounts", "an array"))?;
                     let mut members = Vec::with_capacity(list.len());
                     for (i, raw) in list.iter().enumerate() {
@@ -779,7 +802,7 @@ impl Account {
                 let headers =
                     match f.take("headers", true, "an object of header names and values")? {
                         None => Vec::new(),
-                        Some(raw) => f.headers(&raw)?,
+                        Some(raw) => f.headers(raw)?,
                     };
                 (Secret::default(), None, MAX_TIME_MS, Some(base), headers)
             }
