@@ -404,6 +404,9 @@ fn opencode_run_rotates_to_the_second_account_on_quota() {
     let mock = Mock::start();
     let mut oc = Oc::new(&mock);
     let (a1, a2, store) = two_accounts(&mock);
+    // `opencode run` sends its title request and the reply's at once, both with account 1's
+    // token: each gets the quota answer, whichever comes first.
+    mock.api_script_for(a1, ApiReply::QuotaExceeded);
     mock.api_script_for(a1, ApiReply::QuotaExceeded);
     oc.write_store(&store);
     set_up_opencode(&mut oc, &mock);
