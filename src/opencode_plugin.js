@@ -1,21 +1,37 @@
-// qwen-cred plugin for OpenCode: Qwen OAuth with a pool of accounts.
+// qwen-cred plugin for OpenCode: Qwen OAuth and API keys with pools of accounts.
 //
 // Installed by `qwen-cred opencode install` as <opencode config dir>/plugin/qwen-cred.js.
 // OpenCode reads a provider's apiKey once at start-up, so per-request tokens need a plugin whose
 // auth loader returns its own fetch. This file has no dependencies and no build step; it only
 // runs the qwen-cred binary ($QWEN_CRED_BIN, else `qwen-cred` on PATH).
 //
-// Tokens reach this plugin only through a child's stdout and leave it only in request headers:
-// never in argv, never in an error message. qwen-cred owns the tokens; what OpenCode stores in
-// its auth.json for provider "qwen" is a marker that makes it call the loader.
+// Providers: `qwen` is served from qwen-cred's default pool; every other provider of
+// opencode.json whose `options.qwenCredPool` names a pool (`qwen-cred opencode install --pool
+// NAME --provider ID`) is served from that pool. Every qwen-cred call for a provider says
+// `--pool` (`default` for `qwen`, so that a QWEN_CRED_POOL in OpenCode's environment cannot
+// redirect it). OpenCode 1.18.33 calls every exported function of this file as a plugin, each
+// returns one hooks object with at most one `auth` provider, and every plugin's `config` hook
+// sees the whole config before a provider is loaded or `opencode auth login` lists the
+// providers: so QwenCredPlugin serves `qwen`, and slot plugin k (QwenCredPool0 ...) serves the
+// k-th pool provider, its `config` hook setting `hooks.auth`.
+//
+// Tokens and keys reach this plugin only through a child's stdout or an OpenCode prompt and
+// leave it only in request headers or a child's stdin: never in argv, never in an error
+// message. qwen-cred owns them; what OpenCode stores in its auth.json for a provider is a
+// marker that makes it call the loader.
 //
 // In `opencode auth login` the method's prompts show the pool and offer add / replace / remove
-// / start fresh. In the TUI, toasts tell of a move to another account, a wait for a cooldown
-// and a revoked account (off with qwen-cred's `quiet_mode`).
+// / start fresh, and for a pool provider adding an API key. In the TUI, toasts tell of a move
+// to another account, a wait for a cooldown and a revoked account (off with qwen-cred's
+// `quiet_mode`).
 
 import { spawn, spawnSync } from "node:child_process"
 
 const PROVIDER = "qwen"
+// The `--pool` of the `qwen` provider.
+const DEFAULT_POOL = "default"
+// The key of a provider's options in opencode.json that names the pool serving it.
+const POOL_OPTION = "qwenCredPool"
 // The value OpenCode stores in auth.json instead of a token.
 const MARKER = "qwen-cred"
 // 2100-01-01: the marker never expires; qwen-cred refreshes the real tokens.
@@ -28,6 +44,11 @@ const CHILD_TIMEOUT_MS = Number(process.env.QWEN_CRED_PLUGIN_TIMEOUT_MS) || 15 *
 // A device code lives a few minutes; this only stops a login that hangs.
 const LOGIN_TIMEOUT_MS = 30 * 60 * 1000
 const MAX_OUTPUT = 1024 * 1024
+// How long "Add an API key, hidden" waits for the key to reach the pool, and how often it looks.
+const HIDDEN_KEY_WAIT_MS = 10 * 60 * 1000
+const HIDDEN_KEY_POLL_MS = 1000
+// apikey.rs: a key is 1 to 4096 visible ASCII characters.
+const MAX_KEY_LEN = 4096
 
 function bin() {
   return process.env.QWEN_CRED_BIN || "qwen-cred"
@@ -114,6 +135,44 @@ function run(args, { input, signal, timeoutMs = CHILD_TIMEOUT_MS, onStdoutLine, 
   })
 }
 
+// A pool name as qwen-cred takes it (pool.rs): `default`, or 1 to 64 letters, digits, - and _,
+// starting with a letter or digit, not starting with refresh-.
+function poolNameProblem(name) {
+  if (name === DEFAULT_POOL) return null
+  if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/.test(name)) return "use 1 to 64 letters, digits, - and _, starting with a letter or digit"
+  if (/^refresh-/i.test(name)) return "a name starting with refresh- is not a pool name"
+  return null
+}
+
+// One OpenCode provider and the qwen-cred pool that serves it: how messages name it, and the
+// `--pool` every call for it carries.
+function target(provider, pool) {
+  const named = pool !== DEFAULT_POOL || provider !== PROVIDER
+  const problem = poolNameProblem(pool)
+  return {
+    provider,
+    pool,
+    named,
+    // Names the provider (and its pool) in errors and toast titles.
+    who: named ? `${provider} (pool ${pool})` : "Qwen",
+    // What to run to add to the pool through OpenCode.
+    authLogin: named ? `"opencode auth login --provider ${provider}"` : `"opencode auth login" (choose Qwen)`,
+    // A qwen-cred command line for this pool, as a message shows it.
+    cmd: (sub) => `qwen-cred ${sub}${pool === DEFAULT_POOL ? "" : ` --pool ${pool}`}`,
+    argv: (args) => [...args, "--pool", pool],
+    // Why no call can be made: options.qwenCredPool is no pool name.
+    bad: problem && `${provider}: options.${POOL_OPTION} ${JSON.stringify(pool)} in opencode.json is not a pool name (${problem})`,
+    // The login menu's snapshot of the pool (poolNow).
+    cache: null,
+  }
+}
+
+// `run` for a provider: with its `--pool`.
+function call(t, args, opts) {
+  if (t.bad) return Promise.reject(new QwenCredError(t.bad))
+  return run(t.argv(args), opts)
+}
+
 class QwenCredError extends Error {
   constructor(message) {
     super(message)
@@ -153,6 +212,10 @@ function accountName(id, name) {
   return `account ${id}${name ? ` (${name})` : ""}`
 }
 
+function cap(s) {
+  return s.charAt(0).toUpperCase() + s.slice(1)
+}
+
 // A duration for people: "45 s", "4m 10s", "5h 3m".
 function span(ms) {
   const s = Math.max(0, Math.ceil(ms / 1000))
@@ -181,11 +244,11 @@ const WHY = {
 // remembered until the time it stands for has passed. Off with the `quiet_mode` config key.
 // `client.tui.showToast` is never awaited: inside the plugin's init that deadlocks, and under
 // `opencode run` (no TUI) it only resolves harmlessly.
-function makeToasts(client) {
+function makeToasts(client, t) {
   const shown = new Map()
   let quiet = null
   const isQuiet = () =>
-    (quiet ??= run(["config", "--json"]).then(
+    (quiet ??= call(t, ["config", "--json"]).then(
       (r) => {
         try {
           return r.code === 0 && JSON.parse(r.stdout).quiet_mode.value === true
@@ -216,25 +279,32 @@ function makeToasts(client) {
   }
   const waiting = (waitMs, at, next) =>
     toast("wait", at, {
-      title: "Qwen: waiting for a cooldown",
-      message: `Every Qwen account is cooling down. Waiting ${span(waitMs)} (until ${clock(at)})${next ? `, then ${next} serves` : ""}. Add an account with "opencode auth login" to avoid waits.`,
+      title: `${t.who}: waiting for a cooldown`,
+      message: `${t.named ? `Every account of pool ${t.pool}` : "Every Qwen account"} is cooling down. Waiting ${span(waitMs)} (until ${clock(at)})${next ? `, then ${next} serves` : ""}. ${t.named ? `Add a key or an account with ${t.authLogin}` : `Add an account with "opencode auth login"`} to avoid waits.`,
       variant: "warning",
       duration: Math.min(Math.max(waitMs, 5000), 30000),
     })
-  const revoked = (id, name) =>
+  // Account `id` revoked: an OAuth account whose refresh token is dead, or (`key`) a key
+  // account whose key the server refuses.
+  const revoked = (id, name, key) =>
     toast(`revoked ${id}`, Infinity, {
-      title: "Qwen: account signed out",
-      message: `Qwen ${accountName(id, name)} was revoked by the server and is no longer used. Run "opencode auth login" (choose Qwen) to sign it in again.`,
+      title: `${t.who}: ${key ? "key refused" : "account signed out"}`,
+      message: key
+        ? `Key ${accountName(id, name)}${t.named ? ` of pool ${t.pool}` : ""} was refused by the server (an invalid key) and is no longer used. Give it a new key with ${t.authLogin} ("Replace an account") or "${t.cmd(`add-key --replace ${id}`)}".`
+        : t.named
+          ? `${cap(accountName(id, name))} of pool ${t.pool} was revoked by the server and is no longer used. Run ${t.authLogin} to sign it in again.`
+          : `Qwen ${accountName(id, name)} was revoked by the server and is no longer used. Run "opencode auth login" (choose Qwen) to sign it in again.`,
       variant: "error",
       duration: 15000,
     })
   return {
     toast,
     revoked,
-    // What qwen-cred says on stderr of `token` and `refresh` (refresh.rs, token.rs).
+    // What qwen-cred says on stderr of `token` and `refresh` (refresh.rs, token.rs, and
+    // Account::revoke, whose hint for a key account is add-key --replace).
     stderrLine(line) {
       const r = line.match(/\baccount (\S+) \((.*?)\) was revoked/)
-      if (r) return revoked(r[1], r[2])
+      if (r) return revoked(r[1], r[2], /\badd-key --replace\b/.test(line))
       const w = line.match(/\bwaiting (\d+) s until (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)/)
       if (w) return waiting(Number(w[1]) * 1000, Date.parse(w[2]))
     },
@@ -252,8 +322,8 @@ function makeToasts(client) {
       const until = Date.parse(d.cooling_until)
       if (String(d.next_account_id) === String(d.account_id) || !(until > 0)) return
       return toast(`moved ${d.account_id}`, until, {
-        title: "Qwen: switched account",
-        message: `Now using ${next}. Qwen ${accountName(d.account_id, d.email)} ${WHY[d.reason] || "was rate-limited"} until ${clock(until)} (in ${span(until - Date.now())}).`,
+        title: `${t.who}: switched account`,
+        message: `Now using ${next}. ${t.named ? cap(accountName(d.account_id, d.email)) : `Qwen ${accountName(d.account_id, d.email)}`} ${(t.named && d.reason === "quota" ? "is out of its quota" : WHY[d.reason]) || "was rate-limited"} until ${clock(until)} (in ${span(until - Date.now())}).`,
         variant: "info",
       })
     },
@@ -263,47 +333,51 @@ function makeToasts(client) {
 // The error an OpenCode user sees when qwen-cred cannot serve, by exit code (cli.md).
 // Messages avoid "rate limit", status numbers and "try again later": OpenCode retries errors
 // that say so, which is pointless here.
-function failure(what, r) {
+function failure(t, what, r) {
   const detail = said(r.stderr)
   switch (r.code) {
     case 3:
       return new QwenCredError(
-        `Qwen: no usable account in qwen-cred${detail ? ` (${detail})` : ""}. Log in with "opencode auth login" (choose Qwen) or run "qwen-cred login".`,
+        t.named
+          ? `${t.who}: no usable account in qwen-cred${detail ? ` (${detail})` : ""}. Add a key or an account with ${t.authLogin}, or run "${t.cmd("add-key")}" or "${t.cmd("login")}".`
+          : `Qwen: no usable account in qwen-cred${detail ? ` (${detail})` : ""}. Log in with "opencode auth login" (choose Qwen) or run "qwen-cred login".`,
       )
     case 4: {
       const at = (r.stderr.match(/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)/) || [])[0]
       const when = at ? ` until ${at}${until(at)}` : ""
       return new QwenCredError(
-        `Qwen: every account is out of quota or cooling down${when}. Wait until then, or add an account with "opencode auth login" (choose Qwen). Run "qwen-cred list" for details.`,
+        `${t.who}: every account${t.named ? ` of pool ${t.pool}` : ""} is out of quota or cooling down${when}. Wait until then, or add ${t.named ? `a key or an account with ${t.authLogin}` : `an account with "opencode auth login" (choose Qwen)`}. Run "${t.cmd("list")}" for details.`,
       )
     }
     case 5:
-      return new QwenCredError(`Qwen: the Qwen sign-in server could not be reached or failed${detail ? ` (${detail})` : ""}. Retry in a while.`)
+      return new QwenCredError(
+        `${t.who}: ${t.named ? "the server (Qwen sign-in, or the API checking a key)" : "the Qwen sign-in server"} could not be reached or failed${detail ? ` (${detail})` : ""}. Retry in a while.`,
+      )
     case 6:
-      return new QwenCredError(`Qwen: qwen-cred has a problem with a local file: ${detail}`)
+      return new QwenCredError(`${t.who}: qwen-cred has a problem with a local file: ${detail}`)
     case 7:
-      return new QwenCredError(`Qwen: login failed${detail ? `: ${detail}` : ""}. Log in again.`)
+      return new QwenCredError(`${t.who}: login failed${detail ? `: ${detail}` : ""}. Log in again.`)
     default:
-      return new QwenCredError(`Qwen: qwen-cred ${what} failed (exit ${r.code})${detail ? `: ${detail}` : ""}`)
+      return new QwenCredError(`${t.who}: qwen-cred ${what} failed (exit ${r.code})${detail ? `: ${detail}` : ""}`)
   }
 }
 
 // `token --format json`, rotation's pick, or account `id` when given.
-async function token(signal, id, events) {
+async function token(t, signal, id, events) {
   const args = id == null ? ["token", "--format", "json"] : ["token", "--account", id, "--format", "json"]
-  const r = await run(args, { signal, onStderrLine: events && events.stderrLine })
-  if (r.code !== 0) throw failure("token", r)
-  let t
+  const r = await call(t, args, { signal, onStderrLine: events && events.stderrLine })
+  if (r.code !== 0) throw failure(t, "token", r)
+  let tok
   try {
-    t = JSON.parse(r.stdout)
+    tok = JSON.parse(r.stdout)
   } catch {
-    t = null
+    tok = null
   }
-  if (!t || typeof t.headers !== "object" || !t.headers || t.account_id == null) {
+  if (!tok || typeof tok.headers !== "object" || !tok.headers || tok.account_id == null) {
     // Never quote stdout here: it holds a token.
-    throw new QwenCredError(`Qwen: "${bin()} token --format json" printed no usable JSON; is QWEN_CRED_BIN a qwen-cred binary?`)
+    throw new QwenCredError(`${t.who}: "${bin()} token --format json" printed no usable JSON; is QWEN_CRED_BIN a qwen-cred binary?`)
   }
-  return t
+  return tok
 }
 
 const QUOTA = /insufficient_quota|quota/i
@@ -389,25 +463,25 @@ async function replayable(input, init) {
 }
 
 // The accounts `qwen-cred list --json` says could serve now (no token in that output).
-async function servingIds(signal) {
-  const { accounts } = await listAccounts(signal)
+async function servingIds(t, signal) {
+  const { accounts } = await listAccounts(t, signal)
   return (accounts || []).filter((a) => a.state === "ok" || a.state === "current").map((a) => String(a.id))
 }
 
 // A token from rotation (`token`), or, when rotation picks an account this request has found
 // unusable (its 401 could not be cured), from the next account that can serve, by id.
 // null when there is none.
-async function tokenAvoiding(avoid, signal, events) {
-  const t = await token(signal, undefined, events)
-  const picked = String(t.account_id)
-  if (!avoid.has(picked)) return t
-  const ids = await servingIds(signal)
+async function tokenAvoiding(t, avoid, signal, events) {
+  const tok = await token(t, signal, undefined, events)
+  const picked = String(tok.account_id)
+  if (!avoid.has(picked)) return tok
+  const ids = await servingIds(t, signal)
   const at = ids.indexOf(picked)
   const order = at < 0 ? ids : [...ids.slice(at + 1), ...ids.slice(0, at)]
   for (const id of order) {
     if (avoid.has(id)) continue
     try {
-      return await token(signal, id, events)
+      return await token(t, signal, id, events)
     } catch (e) {
       if (!(e instanceof QwenCredError)) throw e
       // Revoked or not refreshable meanwhile: the next one.
@@ -419,13 +493,13 @@ async function tokenAvoiding(avoid, signal, events) {
 
 // What to tell OpenCode when the accounts this request gave up on were all there was: the
 // failed refresh as an error, or the API's own 401 answer.
-function givenUp(why) {
-  if (why.refresh) throw failure("refresh", why.refresh)
+function givenUp(t, why) {
+  if (why.refresh) throw failure(t, "refresh", why.refresh)
   const r = why.unauthorized
   return new Response(r.text, { status: r.status, statusText: r.statusText, headers: r.headers })
 }
 
-function makeFetch(configuredBase, events) {
+function makeFetch(t, configuredBase, events) {
   return async function qwenCredFetch(input, init) {
     const req = await replayable(input, init)
     // The accounts that had their forced refresh in this request; those passed over for this
@@ -436,19 +510,19 @@ function makeFetch(configuredBase, events) {
     let giveUp = null
     let last = null
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const t = await tokenAvoiding(avoid, req.signal, events)
-      if (!t) return givenUp(giveUp)
+      const tok = await tokenAvoiding(t, avoid, req.signal, events)
+      if (!tok) return givenUp(t, giveUp)
       const headers = new Headers(req.headers)
       headers.delete("authorization")
-      for (const [k, v] of Object.entries(t.headers)) headers.set(k, String(v))
-      const res = await fetch(rebase(req.url, configuredBase, t.base_url), {
+      for (const [k, v] of Object.entries(tok.headers)) headers.set(k, String(v))
+      const res = await fetch(rebase(req.url, configuredBase, tok.base_url), {
         ...req.rest,
         method: req.method,
         headers,
         body: req.body,
         signal: req.signal,
       })
-      const id = String(t.account_id)
+      const id = String(tok.account_id)
       if (res.status === 401) {
         const text = await res.text()
         last = { unauthorized: { text, status: res.status, statusText: res.statusText, headers: res.headers } }
@@ -459,10 +533,11 @@ function makeFetch(configuredBase, events) {
           continue
         }
         refreshed.add(id)
-        const r = await run(["refresh", "--account", id, "--force"], { signal: req.signal, onStderrLine: events.stderrLine })
-        // 0: a fresh token; ask again. 3: the refresh token is dead and the account now
-        // revoked, so rotation skips it. Else (server down or busy): the next account.
-        if (r.code === 3) await events.revoked(id, t.email)
+        const r = await call(t, ["refresh", "--account", id, "--force"], { signal: req.signal, onStderrLine: events.stderrLine })
+        // 0: a fresh token (for a key account: the key is accepted); ask again. 3: the
+        // refresh token is dead (the key is refused) and the account now revoked, so rotation
+        // skips it. Else (server down or busy): the next account.
+        if (r.code === 3) await events.revoked(id, tok.kind === "api_key" ? tok.name : tok.email, tok.kind === "api_key")
         if (r.code !== 0 && r.code !== 3) {
           avoid.add(id)
           giveUp = last = { refresh: r }
@@ -475,25 +550,26 @@ function makeFetch(configuredBase, events) {
         return new Response(text, { status: res.status, statusText: res.statusText, headers: res.headers })
       }
       last = { quota: true }
-      const r = await run(["report-429", "--account", id, "--headers", "-", "--body", "-", "--json"], {
+      const r = await call(t, ["report-429", "--account", id, "--headers", "-", "--body", "-", "--json"], {
         input: asCurlI(res, text),
         signal: req.signal,
         onStdoutLine: events.decision,
       })
-      if (r.code !== 0) throw failure("report-429", r)
+      if (r.code !== 0) throw failure(t, "report-429", r)
     }
-    if (last && !last.quota) return givenUp(last)
+    if (last && !last.quota) return givenUp(t, last)
     throw new QwenCredError(
-      `Qwen: every attempt (${MAX_ATTEMPTS}) was refused for quota; run "qwen-cred list" to see the accounts' state.`,
+      `${t.who}: every attempt (${MAX_ATTEMPTS}) was refused for quota; run "${t.cmd("list")}" to see the accounts' state.`,
     )
   }
 }
 
 // Reads JSON lines from a running `qwen-cred login --json`.
-function startLogin(args) {
+function startLogin(t, args) {
+  if (t.bad) return { verification: Promise.reject(new QwenCredError(t.bad)), result: Promise.reject(new QwenCredError(t.bad)) }
   let child
   try {
-    child = spawn(bin(), args, { stdio: ["ignore", "pipe", "pipe"], env: process.env })
+    child = spawn(bin(), t.argv(args), { stdio: ["ignore", "pipe", "pipe"], env: process.env })
   } catch (e) {
     return { verification: Promise.reject(notFound(e)), result: Promise.reject(notFound(e)) }
   }
@@ -509,7 +585,7 @@ function startLogin(args) {
     if (e.event === "verification") onVerification.res(e)
     else if (e.event === "success") onResult.res(e)
     else if (e.event === "error") {
-      const err = loginFailure(typeof e.exit_code === "number" ? e.exit_code : 7, String(e.message || ""))
+      const err = loginFailure(t, typeof e.exit_code === "number" ? e.exit_code : 7, String(e.message || ""))
       onVerification.rej(err)
       onResult.rej(err)
     }
@@ -536,7 +612,7 @@ function startLogin(args) {
   })
   child.on("close", (code) => {
     clearTimeout(timer)
-    const err = code === 0 ? new QwenCredError("Qwen: qwen-cred login ended without a result") : loginFailure(code, stderr)
+    const err = code === 0 ? new QwenCredError(`${t.who}: qwen-cred login ended without a result`) : loginFailure(t, code, stderr)
     // No effect on a promise already settled.
     onVerification.rej(err)
     onResult.rej(err)
@@ -544,32 +620,41 @@ function startLogin(args) {
   return { verification, result, cancel: () => child.kill("SIGTERM") }
 }
 
-function loginFailure(code, stderr) {
+// Exit 2 of login: most likely the pool is full (qwen-cred's message says).
+function loginFailure(t, code, stderr) {
   if (code === 2) {
     return new QwenCredError(
-      `Qwen: ${said(stderr) || "the account pool is full"}. Run "opencode auth login" again and choose "Replace an account" or "Start fresh".`,
+      `${t.who}: ${said(stderr) || "the account pool is full"}. Run ${t.named ? t.authLogin : `"opencode auth login"`} again and choose "Replace an account" or "Start fresh".`,
     )
   }
-  return failure("login", { code, stderr })
+  return failure(t, "login", { code, stderr })
 }
 
-function loginArgs(inputs) {
+function picked(t, inputs, key, what) {
+  const id = String((inputs && inputs[key]) || "").trim()
+  if (!id) throw new QwenCredError(`${t.who}: say which account to ${what}`)
+  return id
+}
+
+function loginArgs(t, inputs) {
   // qwen-cred opens the browser where there is a display ($BROWSER, else the platform opener).
   const args = ["login", "--json"]
   const mode = (inputs && inputs.mode) || "add"
   if (mode === "fresh") args.push("--fresh")
-  if (mode === "replace") {
-    const id = String((inputs && inputs.replace) || "").trim()
-    if (!id) throw new QwenCredError("Qwen: say which account to replace")
-    args.push("--replace", id)
-  }
+  if (mode === "replace") args.push("--replace", picked(t, inputs, "replace", "replace"))
   return args
 }
 
 const MARKER_RESULT = { type: "success", access: MARKER, refresh: MARKER, expires: MARKER_EXPIRES }
 
-// An account's name as `list --json` gives it: its label, else its email, else the fingerprint.
+function isKey(a) {
+  return a.kind === "api_key"
+}
+
+// An account's name as `list --json` gives it: its label, else its email, else the fingerprint;
+// a key account's label with its key's fingerprint (never the key).
 function nameOf(a) {
+  if (isKey(a)) return a.name || (a.fingerprint ? `key ${a.fingerprint}` : "")
   return a.label || a.email || (a.fingerprint ? `fp ${a.fingerprint}` : "")
 }
 
@@ -583,7 +668,7 @@ function stateText(a) {
       return `cooling down${t > 0 ? ` until ${clock(t)}` : ""}${a.rate_limit_reason ? ` (${a.rate_limit_reason})` : ""}`
     }
     case "revoked":
-      return "revoked: sign in as it again to revive it"
+      return isKey(a) ? "revoked: the server refused the key; replace it" : "revoked: sign in as it again to revive it"
     default:
       return String(a.state || "unknown")
   }
@@ -601,52 +686,86 @@ function parsePool(r) {
   return { error: `"${bin()} list --json" printed no list` }
 }
 
-async function listAccounts(signal) {
-  return parsePool(await run(["list", "--json"], { signal }))
+async function listAccounts(t, signal) {
+  return parsePool(await call(t, ["list", "--json"], { signal }))
 }
 
 // The pool for the login menu. OpenCode reads a method's prompts as a plain property, so this
 // runs `list --json` synchronously; one snapshot serves one `opencode auth login` (it reads the
 // prompts more than once) and is dropped when a login or removal starts.
 const POOL_TTL_MS = 3000
-let poolCache = null
-function poolNow() {
-  if (poolCache && Date.now() - poolCache.at < POOL_TTL_MS) return poolCache.pool
+function poolNow(t) {
+  if (t.cache && Date.now() - t.cache.at < POOL_TTL_MS) return t.cache.pool
   let pool
-  const r = spawnSync(bin(), ["list", "--json"], {
-    encoding: "utf8",
-    env: process.env,
-    stdio: ["ignore", "pipe", "pipe"],
-    timeout: 30 * 1000,
-    maxBuffer: MAX_OUTPUT,
-  })
-  if (r.error) pool = { error: notFound(r.error).message }
-  else pool = parsePool({ code: r.status ?? -1, stdout: r.stdout || "", stderr: r.stderr || "" })
-  poolCache = { at: Date.now(), pool }
+  if (t.bad) pool = { error: t.bad }
+  else {
+    const r = spawnSync(bin(), t.argv(["list", "--json"]), {
+      encoding: "utf8",
+      env: process.env,
+      stdio: ["ignore", "pipe", "pipe"],
+      timeout: 30 * 1000,
+      maxBuffer: MAX_OUTPUT,
+    })
+    if (r.error) pool = { error: notFound(r.error).message }
+    else pool = parsePool({ code: r.status ?? -1, stdout: r.stdout || "", stderr: r.stderr || "" })
+  }
+  t.cache = { at: Date.now(), pool }
   return pool
 }
 
+// Why `text` is no API key (apikey.rs: 1 to 4096 visible ASCII characters), or undefined. The
+// answer never repeats the text.
+function keyProblem(text) {
+  const k = String(text ?? "").trim()
+  if (!k) return "Paste the key (or press Esc to cancel)"
+  if (k.length > MAX_KEY_LEN) return `A key is at most ${MAX_KEY_LEN} characters`
+  if (!/^[\x21-\x7e]+$/.test(k)) return "A key has no spaces, control or non-ASCII characters"
+  return undefined
+}
+
 // `opencode auth login`'s prompts: the pool (how many, each account's name and state), then
-// what to do with it, then which account for replace and remove.
-function menu(pool) {
+// what to do with it, then which account for replace and remove, and for a key: the key. A
+// pool provider also offers to add an API key, typed here (shown as typed: OpenCode has no
+// masked prompt for a plugin) or into `qwen-cred add-key` (not shown). OpenCode's CLI reads
+// `when` and `condition`, its TUI only `when`.
+function menu(t, pool, baseURL) {
   const accounts = pool.accounts || []
   const n = accounts.length
+  const full = n >= 10
+  const title = t.named ? `Accounts of pool ${t.pool} in qwen-cred` : "Qwen accounts in qwen-cred"
   const head = pool.error
-    ? `Qwen accounts in qwen-cred: cannot list them (${pool.error})`
+    ? `${title}: cannot list them (${pool.error})`
     : n === 0
-      ? "Qwen accounts in qwen-cred: none yet"
-      : `Qwen accounts in qwen-cred: ${n}${n >= 10 ? " (the pool is full)" : ""}`
+      ? `${title}: none yet`
+      : `${title}: ${n}${full ? " (the pool is full)" : ""}`
   const rows = accounts.map((a) => `- ${a.id}  ${nameOf(a) || "?"}  ${stateText(a)}`)
-  const options = [
-    {
-      label: "Add an account",
-      value: "add",
-      hint: n >= 10 ? "the pool is full: replace one or start fresh" : "keeps the accounts already in the pool",
-    },
-  ]
+  const options = []
+  if (t.named) {
+    options.push(
+      {
+        label: "Add an API key",
+        value: "key",
+        hint: full ? "the pool is full: replace one" : "paste it at the next prompt, which shows it as you type",
+      },
+      {
+        label: "Add an API key, hidden",
+        value: "hidden",
+        hint: `type it into "${t.cmd("add-key")}" in a terminal, which does not show it`,
+      },
+    )
+  }
+  options.push({
+    label: t.named ? "Add a Qwen OAuth account" : "Add an account",
+    value: "add",
+    hint: full ? "the pool is full: replace one or start fresh" : "keeps the accounts already in the pool",
+  })
   if (n > 0) {
     options.push(
-      { label: "Replace an account", value: "replace", hint: "pick it; the new login takes its place" },
+      {
+        label: "Replace an account",
+        value: "replace",
+        hint: "pick it; a new login (a new key for a key account) takes its place",
+      },
       { label: "Remove an account", value: "remove", hint: "pick it; no login" },
     )
   }
@@ -661,14 +780,53 @@ function menu(pool) {
     when: { key: "mode", op: "eq", value: key },
     condition: (inputs) => inputs.mode === key,
   })
+  const where = baseURL ? ` for ${baseURL}` : ""
+  const keyPrompt = (message, when, condition) => ({
+    type: "text",
+    key: "key",
+    message,
+    placeholder: "sk-...",
+    when,
+    condition,
+    validate: keyProblem,
+  })
   const prompts = [{ type: "select", key: "mode", message: [head, ...rows].join("\n"), options }]
-  if (n > 0) prompts.push(pick("replace", "Account to replace"), pick("remove", "Account to remove"))
+  if (t.named) {
+    prompts.push(
+      keyPrompt(
+        `API key${where}, for pool ${t.pool}. It is shown as you type: for a hidden prompt, cancel and run "${t.cmd("add-key")}" in a terminal`,
+        { key: "mode", op: "eq", value: "key" },
+        (inputs) => inputs.mode === "key",
+      ),
+      {
+        type: "text",
+        key: "label",
+        message: "A name for this key, shown in the pool's list (optional: Enter for none)",
+        when: { key: "mode", op: "eq", value: "key" },
+        condition: (inputs) => inputs.mode === "key",
+      },
+    )
+  }
+  if (n > 0) {
+    prompts.push(pick("replace", "Account to replace"), pick("remove", "Account to remove"))
+    // A key account is replaced by a new key: its prompt shows when it is the one picked.
+    for (const a of accounts.filter(isKey)) {
+      const id = String(a.id)
+      prompts.push(
+        keyPrompt(
+          `New API key for account ${id} (${nameOf(a)}). It is shown as you type: for a hidden prompt, cancel and run "${t.cmd(`add-key --replace ${id}`)}" in a terminal`,
+          { key: "replace", op: "eq", value: id },
+          (inputs) => inputs.mode === "replace" && String(inputs.replace) === id,
+        ),
+      )
+    }
+  }
   return prompts
 }
 
-async function signIn(inputs, failed) {
-  const args = loginArgs(inputs)
-  const login = startLogin(args)
+async function signIn(t, inputs, failed) {
+  const args = loginArgs(t, inputs)
+  const login = startLogin(t, args)
   let v
   try {
     v = await login.verification
@@ -684,7 +842,9 @@ async function signIn(inputs, failed) {
       ? `puts the account in place of account ${args[args.length - 1]}`
       : mode === "fresh"
         ? "keeps only this account once it is in"
-        : "adds the account to its pool"
+        : t.named
+          ? `adds the account to pool ${t.pool}`
+          : "adds the account to its pool"
   return {
     url,
     instructions: `Open the link and approve${minutes}; if asked for a code, enter ${v.user_code}. qwen-cred ${then}.`,
@@ -697,27 +857,19 @@ async function signIn(inputs, failed) {
         await failed(e)
         throw e
       } finally {
-        poolCache = null
+        t.cache = null
       }
       return MARKER_RESULT
     },
   }
 }
 
-// Removes one account; OpenCode shows the instructions, then (the callback succeeds at once,
-// keeping its marker) "Login successful".
-async function removeAccount(inputs) {
-  const id = String((inputs && inputs.remove) || "").trim()
-  if (!id) throw new QwenCredError("Qwen: say which account to remove")
-  const before = await listAccounts()
-  const acct = (before.accounts || []).find((a) => String(a.id) === id)
-  const r = await run(["remove", id])
-  if (r.code !== 0) throw failure("remove", r)
-  const after = await listAccounts()
-  const left = after.accounts ? `; ${after.accounts.length} left` : ""
+// Done at once: OpenCode shows the instructions, then (the callback succeeds, keeping its
+// marker) "Login successful".
+function done(instructions) {
   return {
     url: "",
-    instructions: `Removed ${accountName(id, acct && nameOf(acct))} from qwen-cred's pool${left}.`,
+    instructions,
     method: "auto",
     async callback() {
       return MARKER_RESULT
@@ -725,37 +877,167 @@ async function removeAccount(inputs) {
   }
 }
 
-export const QwenCredPlugin = async (input) => {
-  // Nothing here waits on OpenCode: awaiting its client during init deadlocks.
-  const toasts = makeToasts(input && input.client)
-  const failed = (e) =>
-    toasts.toast(null, 0, { title: "Qwen: login failed", message: String(e && e.message), variant: "error", duration: 15000 })
+// "; 3 accounts in pool work" after a change.
+async function countText(t) {
+  const after = await listAccounts(t)
+  if (!after.accounts) return ""
+  const n = after.accounts.length
+  return t.named ? `; ${n} account${n === 1 ? "" : "s"} in pool ${t.pool}` : `; ${n} left`
+}
+
+// Removes one account.
+async function removeAccount(t, inputs) {
+  const id = picked(t, inputs, "remove", "remove")
+  const before = await listAccounts(t)
+  const acct = (before.accounts || []).find((a) => String(a.id) === id)
+  const r = await call(t, ["remove", id])
+  if (r.code !== 0) throw failure(t, "remove", r)
+  return done(`Removed ${accountName(id, acct && nameOf(acct))} from ${t.named ? `pool ${t.pool}` : "qwen-cred's pool"}${await countText(t)}.`)
+}
+
+// Adds the key typed at the prompt to the pool (or, replacing, puts it into key account
+// `inputs.replace`): `qwen-cred add-key` reads it on stdin, never from argv. The account's base
+// URL is the provider's (options.baseURL), as `opencode install --pool --base-url` set it.
+async function addKey(t, inputs, baseURL) {
+  const why = keyProblem(inputs && inputs.key)
+  if (why) throw new QwenCredError(`${t.who}: no API key was added: ${why.charAt(0).toLowerCase()}${why.slice(1)}`)
+  const args = ["add-key"]
+  const replace = inputs.mode === "replace" ? picked(t, inputs, "replace", "replace") : null
+  if (replace) args.push("--replace", replace)
+  const label = String((inputs && inputs.label) || "").trim()
+  if (label && !replace) args.push("--label", label)
+  if (baseURL) args.push("--base-url", String(baseURL))
+  const r = await call(t, args, { input: `${String(inputs.key).trim()}\n` })
+  t.cache = null
+  if (r.code === 2) {
+    // A full pool, or a key or label add-key refuses: its message says which.
+    const full = /pool is full/.test(r.stderr)
+    throw new QwenCredError(
+      `${t.who}: no API key was added: ${said(r.stderr) || "add-key refused it"}${full ? `. Run ${t.authLogin} again and choose "Replace an account"` : ""}.`,
+    )
+  }
+  if (r.code !== 0) throw failure(t, "add-key", r)
+  // What add-key said ("added key account 3 (plan-3 (key 1a2b3c4d))"): ids and fingerprints only.
+  const what = said(r.stderr) || (replace ? `replaced the key of account ${replace}` : "added the key")
+  return done(`qwen-cred ${what}${await countText(t)}.`)
+}
+
+// What identifies the pool's keys: a new one, a replaced one, one revived or renamed changes it.
+function keysOf(pool) {
+  return (pool.accounts || [])
+    .filter(isKey)
+    .map((a) => [a.id, a.fingerprint, a.label, a.state === "revoked"].join(" "))
+    .sort()
+    .join("\n")
+}
+
+// "Add an API key, hidden": the user runs `qwen-cred add-key --pool NAME` in a terminal, which
+// asks for the key without showing it; OpenCode waits until the key is in the pool.
+async function waitForKey(t, baseURL, failed) {
+  const before = await listAccounts(t)
+  if (before.error) throw new QwenCredError(`${t.who}: ${before.error}`)
+  const command = `${t.cmd("add-key")}${baseURL ? ` --base-url ${baseURL}` : ""}`
   return {
-    auth: {
-      provider: PROVIDER,
-      async loader(_auth, provider) {
-        const configured = provider && provider.options && provider.options.baseURL
-        return { apiKey: "", fetch: makeFetch(configured, toasts) }
-      },
-      methods: [
-        {
-          type: "oauth",
-          label: "Qwen OAuth via qwen-cred (multi-account)",
-          get prompts() {
-            return menu(poolNow())
-          },
-          async authorize(inputs) {
-            poolCache = null
-            try {
-              if (inputs && inputs.mode === "remove") return await removeAccount(inputs)
-              return await signIn(inputs, failed)
-            } catch (e) {
-              await failed(e)
-              throw e
-            }
-          },
-        },
-      ],
+    url: "",
+    instructions: `In a terminal, run: ${command} (add --label NAME to name the key). It asks for the key and does not show it. Waiting here until the key is in pool ${t.pool} (up to ${Math.round(HIDDEN_KEY_WAIT_MS / 60000)} min).`,
+    method: "auto",
+    async callback() {
+      const end = Date.now() + HIDDEN_KEY_WAIT_MS
+      for (;;) {
+        await new Promise((res) => setTimeout(res, HIDDEN_KEY_POLL_MS))
+        const now = await listAccounts(t)
+        if (now.accounts && keysOf(now) !== keysOf(before)) break
+        if (Date.now() > end) {
+          const e = new QwenCredError(
+            `${t.who}: no new key reached pool ${t.pool} within ${Math.round(HIDDEN_KEY_WAIT_MS / 60000)} min; nothing changed. Run "${command}" in a terminal, then choose this again.`,
+          )
+          await failed(e)
+          throw e
+        }
+      }
+      t.cache = null
+      return MARKER_RESULT
     },
   }
 }
+
+// The `auth` hook of one provider served from one pool.
+function serve(t, client) {
+  // Nothing here waits on OpenCode: awaiting its client during init deadlocks.
+  const toasts = makeToasts(client, t)
+  const failed = (e) =>
+    toasts.toast(null, 0, { title: `${t.who}: login failed`, message: String(e && e.message), variant: "error", duration: 15000 })
+  // The provider's configured base URL, from the loader (OpenCode's merged options) or the
+  // config hook (a pool provider).
+  let baseURL = t.baseURL
+  return {
+    provider: t.provider,
+    async loader(_auth, provider) {
+      const configured = provider && provider.options && provider.options.baseURL
+      if (configured) baseURL = configured
+      return { apiKey: "", fetch: makeFetch(t, configured, toasts) }
+    },
+    methods: [
+      {
+        type: "oauth",
+        label: t.named ? `Qwen OAuth or API keys via qwen-cred (pool ${t.pool})` : "Qwen OAuth via qwen-cred (multi-account)",
+        get prompts() {
+          return menu(t, poolNow(t), t.named ? baseURL : undefined)
+        },
+        async authorize(inputs) {
+          t.cache = null
+          try {
+            const mode = inputs && inputs.mode
+            if (mode === "remove") return await removeAccount(t, inputs)
+            if (mode === "key" || (mode === "replace" && inputs.key !== undefined)) return await addKey(t, inputs, baseURL)
+            if (mode === "hidden") return await waitForKey(t, baseURL, failed)
+            return await signIn(t, inputs, failed)
+          } catch (e) {
+            await failed(e)
+            throw e
+          }
+        },
+      },
+    ],
+  }
+}
+
+export const QwenCredPlugin = async (input) => ({ auth: serve(target(PROVIDER, DEFAULT_POOL), input && input.client) })
+
+// The providers of opencode.json served from a named pool (options.qwenCredPool), by id.
+function poolProviders(config) {
+  const providers = (config && config.provider) || {}
+  return Object.keys(providers)
+    .filter((id) => {
+      const o = providers[id] && providers[id].options
+      return id !== PROVIDER && o && typeof o[POOL_OPTION] === "string"
+    })
+    .sort()
+    .map((id) => ({ id, pool: providers[id].options[POOL_OPTION], baseURL: providers[id].options.baseURL }))
+}
+
+// Slot plugin k: serves the k-th pool provider, if there is one. Eight slots: a ninth pool
+// provider is not served (`opencode install --pool` warns).
+function slot(k) {
+  return async (input) => {
+    const hooks = {
+      async config(config) {
+        const p = poolProviders(config)[k]
+        if (!p) return
+        const t = target(p.id, p.pool)
+        if (typeof p.baseURL === "string") t.baseURL = p.baseURL
+        hooks.auth = serve(t, input && input.client)
+      },
+    }
+    return hooks
+  }
+}
+
+export const QwenCredPool0 = slot(0)
+export const QwenCredPool1 = slot(1)
+export const QwenCredPool2 = slot(2)
+export const QwenCredPool3 = slot(3)
+export const QwenCredPool4 = slot(4)
+export const QwenCredPool5 = slot(5)
+export const QwenCredPool6 = slot(6)
+export const QwenCredPool7 = slot(7)

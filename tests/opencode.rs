@@ -390,8 +390,21 @@ fn set_up_opencode(oc: &mut Oc, mock: &Mock) {
 /// `opencode run -m qwen/coder-model "say hi"`, qwen-cred run through the argv-logging
 /// wrapper; (exit code, stdout, stderr).
 fn opencode_run(oc: &Oc, opencode: &Path) -> (Option<i32>, String, String) {
+    opencode_run_with(oc, opencode, "qwen/coder-model", &[])
+}
+
+/// `opencode run -m MODEL "say hi"` with `vars` in OpenCode's environment too.
+fn opencode_run_with(
+    oc: &Oc,
+    opencode: &Path,
+    model: &str,
+    vars: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
     let mut cmd = oc.command(opencode, &oc.logging_bin());
-    cmd.args(["run", "-m", "qwen/coder-model", "say hi"]);
+    cmd.args(["run", "-m", model, "say hi"]);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
     oc.run(cmd, "opencode")
 }
 
@@ -404,6 +417,9 @@ fn opencode_run_rotates_to_the_second_account_on_quota() {
     let mock = Mock::start();
     let mut oc = Oc::new(&mock);
     let (a1, a2, store) = two_accounts(&mock);
+    // `opencode run` sends its title request and the reply's at once, both with account 1's
+    // token: each gets the quota answer, whichever comes first.
+    mock.api_script_for(a1, ApiReply::QuotaExceeded);
     mock.api_script_for(a1, ApiReply::QuotaExceeded);
     oc.write_store(&store);
     set_up_opencode(&mut oc, &mock);
@@ -513,35 +529,50 @@ fn opencode_run_moves_on_when_an_account_is_revoked_mid_request() {
     );
 }
 
-/// Imports the installed plugin with node and runs one step the way OpenCode does; prints one
-/// JSON line per result, then `{"toasts": [...]}`: what the plugin asked OpenCode's client to
-/// show. That client records each toast with the time and never answers, so a plugin that
-/// awaited it would hang. `"client": "none"` passes no client, `"throws"` one whose
-/// showToast throws.
+/// Imports the installed plugin with node and runs one step the way OpenCode 1.18.33 does: it
+/// calls every export as a plugin (each must be a function), runs every `config` hook with
+/// the config `plan.config` (default `{}`), then uses the one `auth` hook of provider
+/// `plan.provider` (default `qwen`). Prints one JSON line per result, then `{"toasts": [...]}`:
+/// what the plugin asked OpenCode's client to show. That client records each toast with the
+/// time and never answers, so a plugin that awaited it would hang. `"client": "none"` passes
+/// no client, `"throws"` one whose showToast throws. Step `providers` prints the providers
+/// served, in the order of the exports.
 const DRIVER: &str = r#"
 import { pathToFileURL } from "node:url"
 const [plugin, plan] = [process.argv[2], JSON.parse(process.argv[3])]
 const say = (o) => console.log(JSON.stringify(o))
 const mod = await import(pathToFileURL(plugin).href)
-const fns = Object.values(mod).filter((f) => typeof f === "function")
-if (fns.length !== 1) throw new Error(`the plugin exports ${fns.length} functions`)
+const fns = Object.values(mod)
+if (fns.some((f) => typeof f !== "function")) throw new Error("Plugin export is not a function")
 const toasts = []
 const clients = {
   record: { tui: { showToast: (o) => (toasts.push({ ...o.body, at: Date.now() }), new Promise(() => {})) } },
   none: undefined,
   throws: { tui: { showToast: () => { throw new Error("no TUI") } } },
 }
-const hooks = await fns[0]({ client: clients[plan.client || "record"] })
-const auth = hooks.auth
+const input = { client: clients[plan.client || "record"] }
+const all = []
+for (const f of fns) all.push(await f(input))
+const config = plan.config || {}
+for (const h of all) if (h.config) await h.config(config)
+const served = all.filter((h) => h.auth).map((h) => h.auth.provider)
+const provider = plan.provider || "qwen"
+const serving = all.filter((h) => h.auth && h.auth.provider === provider)
+if (serving.length !== 1) throw new Error(`${serving.length} plugins serve ${provider}; served: ${served}`)
+const auth = serving[0].auth
 try {
-  if (plan.step === "describe") {
+  if (plan.step === "providers") {
+    say({ served })
+  } else if (plan.step === "describe") {
     say({ provider: auth.provider, methods: auth.methods.map((m) => ({ type: m.type, label: m.label, prompts: m.prompts })) })
   } else if (plan.step === "login") {
     const r = await auth.methods[0].authorize(plan.inputs)
     say({ url: r.url, instructions: r.instructions, method: r.method })
     say({ result: await r.callback() })
   } else if (plan.step === "fetch") {
-    const opts = await auth.loader(async () => JSON.parse(plan.auth), { options: { baseURL: plan.base } })
+    // OpenCode hands the loader the provider with its options merged from the config.
+    const options = { ...((config.provider || {})[provider] || {}).options, baseURL: plan.base }
+    const opts = await auth.loader(async () => JSON.parse(plan.auth), { id: provider, options })
     say({ apiKey: opts.apiKey })
     const text = JSON.stringify({ model: "coder-model", messages: [{ role: "user", content: "hi" }] })
     // A body that can be read only once, in halves, when the plan asks for one.
@@ -1794,4 +1825,659 @@ fn plugin_fetch_passes_over_a_key_the_server_rejects() {
     let log = oc.argv_log();
     assert!(log.contains("refresh --account 1 --force"), "{log}");
     assert_no_token_in_argv(&oc, &[k1, k2]);
+}
+
+// Named pools in OpenCode (issue 12): a provider of opencode.json whose
+// `options.qwenCredPool` names a pool is served by the same plugin from that pool, beside
+// `qwen`; `opencode auth login` for it adds API keys (on qwen-cred's stdin, never its argv).
+
+const POOL_KEY_1: &str = "sk-sp-oc-pool-key-0001";
+const POOL_KEY_2: &str = "sk-sp-oc-pool-key-0002";
+const POOL_KEY_3: &str = "sk-sp-oc-pool-key-0003";
+
+/// `text` with each test key shown as `<key>`: a failing assertion never prints a key.
+fn hide_keys(text: &str) -> String {
+    [POOL_KEY_1, POOL_KEY_2, POOL_KEY_3]
+        .iter()
+        .fold(text.to_string(), |t, k| t.replace(k, "<key>"))
+}
+
+fn assert_no_key_in(what: &str, text: &str) {
+    for k in [POOL_KEY_1, POOL_KEY_2, POOL_KEY_3] {
+        assert!(!text.contains(k), "a key in {what}: {}", hide_keys(text));
+    }
+}
+
+impl Oc {
+    fn pool_store_path(&self, pool: &str) -> PathBuf {
+        self.dir.join(format!("qwen-accounts.{pool}.json"))
+    }
+
+    fn read_pool_store(&self, pool: &str) -> Value {
+        serde_json::from_slice(&std::fs::read(self.pool_store_path(pool)).expect("read pool store"))
+            .expect("pool store parses")
+    }
+
+    /// `qwen-cred add-key --pool POOL --base-url BASE` with `key` on stdin, as a user pipes it.
+    fn add_key(&self, pool: &str, base: &str, key: &str) {
+        use std::io::Write;
+        let mut child = self
+            .env
+            .cmd(&["add-key", "--pool", pool, "--base-url", base])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("add-key");
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(format!("{key}\n").as_bytes());
+        }
+        let o = child.wait_with_output().expect("wait");
+        assert!(o.status.success(), "{}", hide_keys(&text(&o.stderr)));
+    }
+}
+
+/// opencode.json's `provider` with `qwen` and two pool providers, `qwen-cp` (pool cp, API at
+/// `base`) and `qwen-work` (pool work), and one that is no pool provider.
+fn pool_config(base: &str) -> Value {
+    json!({"provider": {
+        "qwen": {"options": {"baseURL": base}},
+        "qwen-work": {"options": {"baseURL": base, "qwenCredPool": "work"}},
+        "other": {"options": {"baseURL": base}},
+        "qwen-cp": {"name": "Qwen, pool cp (qwen-cred)", "options": {"baseURL": base, "qwenCredPool": "cp"}},
+    }})
+}
+
+/// The end-to-end run of issue 12: one OpenCode with `qwen` (OAuth, the default pool) and
+/// `qwen-cp` (a key pool) side by side. Each provider's requests carry its own pool's
+/// credentials; in the key pool a key out of quota cools down and the next key serves. A
+/// QWEN_CRED_POOL in OpenCode's environment redirects neither: every qwen-cred call says
+/// `--pool`. No token or key reaches a command line.
+#[test]
+fn opencode_run_serves_a_key_pool_provider_beside_qwen() {
+    use crate::util::mock::KeySpec;
+    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
+        return;
+    };
+    let mock = Mock::start();
+    let mut oc = Oc::new(&mock);
+    let (a1, _, store) = two_accounts(&mock);
+    oc.write_store(&store);
+    set_up_opencode(&mut oc, &mock);
+    let base = format!("{}/v1", mock.base_url());
+    // Key 1 has no quota left: its every request is a 429 with a Retry-After of its window.
+    mock.add_key(
+        POOL_KEY_1,
+        KeySpec {
+            quota: Some(0),
+            ..KeySpec::default()
+        },
+    );
+    let k2 = mock.add_key(POOL_KEY_2, KeySpec::default());
+    oc.add_key("cp", &base, POOL_KEY_1);
+    oc.add_key("cp", &base, POOL_KEY_2);
+    let (_, err) = oc.env.expect(
+        &[
+            "opencode",
+            "install",
+            "--write-config",
+            "--pool",
+            "cp",
+            "--provider",
+            "qwen-cp",
+            "--base-url",
+            &base,
+            "--model",
+            "qwen3-coder-plus",
+        ],
+        0,
+    );
+    assert!(
+        err.contains("opencode auth login --provider qwen-cp"),
+        "{err}"
+    );
+    let marker = json!({"type": "oauth", "access": "qwen-cred", "refresh": "qwen-cred", "expires": 4102444800000_i64});
+    util::write_private(
+        &oc.env.root.join("data/opencode/auth.json"),
+        json!({"qwen": marker, "qwen-cp": marker})
+            .to_string()
+            .as_bytes(),
+    );
+
+    // `qwen`, with QWEN_CRED_POOL=cp around it: still the default pool's OAuth account.
+    let (code, out, err) = opencode_run_with(
+        &oc,
+        &opencode,
+        "qwen/coder-model",
+        &[("QWEN_CRED_POOL", "cp")],
+    );
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {}", hide_keys(&err));
+    assert!(
+        out.contains(&format!("hello from account {a1}")),
+        "{}",
+        hide_keys(&out)
+    );
+    let qwen_chats = chat_requests(&mock);
+    assert!(!qwen_chats.is_empty());
+    for r in &qwen_chats {
+        assert_api_headers(r, "at-1");
+    }
+    let log = oc.argv_log();
+    assert!(log.contains("token --format json --pool default"), "{log}");
+    assert!(
+        log.lines().all(|l| l.ends_with("--pool default")),
+        "a call without --pool default:\n{log}"
+    );
+    std::fs::remove_file(oc.env.root.join("argv.log")).expect("rm argv.log");
+    let default_store = std::fs::read(oc.store_path()).expect("read store");
+
+    // `qwen-cp`, with QWEN_CRED_POOL naming another pool: pool cp's keys. Key 1 is out of
+    // quota: reported, cooled, and key 2 serves the same request.
+    let (code, out, err) = opencode_run_with(
+        &oc,
+        &opencode,
+        "qwen-cp/qwen3-coder-plus",
+        &[("QWEN_CRED_POOL", "work")],
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        hide_keys(&out),
+        hide_keys(&err)
+    );
+    assert!(
+        out.contains(&format!("hello from account {k2}")),
+        "{}",
+        hide_keys(&out)
+    );
+    let cp_chats: Vec<_> = chat_requests(&mock)[qwen_chats.len()..].to_vec();
+    let sent: Vec<String> = cp_chats
+        .iter()
+        .map(|r| r.header("authorization").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        sent.first().map(String::as_str),
+        Some(format!("Bearer {POOL_KEY_1}").as_str()),
+        "{}",
+        hide_keys(&format!("{sent:?}"))
+    );
+    assert!(
+        sent.iter()
+            .all(|b| *b == format!("Bearer {POOL_KEY_1}") || *b == format!("Bearer {POOL_KEY_2}")),
+        "{}",
+        hide_keys(&format!("{sent:?}"))
+    );
+    assert!(sent.contains(&format!("Bearer {POOL_KEY_2}")));
+    for r in &cp_chats {
+        assert!(r.body.contains("qwen3-coder-plus"), "{}", r.body);
+        // A key goes without the DashScope OAuth headers.
+        assert_eq!(r.header("x-dashscope-authtype"), None);
+    }
+    let cp = oc.read_pool_store("cp");
+    assert_eq!(
+        cp["accounts"][0]["rate_limit_reason"],
+        "retry-after",
+        "{}",
+        hide_keys(&cp.to_string())
+    );
+    assert!(
+        cp["accounts"][0]["rate_limit_resets_at"]
+            .as_i64()
+            .unwrap_or(0)
+            > now_ms() + 3_000_000
+    );
+    assert_eq!(cp["current_account_id"], "2");
+    // The default pool is as it was.
+    assert_eq!(
+        std::fs::read(oc.store_path()).expect("read store"),
+        default_store
+    );
+    assert!(!oc.pool_store_path("work").exists());
+
+    let log = oc.argv_log();
+    assert!(log.contains("token --format json --pool cp"), "{log}");
+    assert!(
+        log.contains("report-429 --account 1 --headers - --body - --json --pool cp"),
+        "{log}"
+    );
+    assert!(log.lines().all(|l| l.ends_with("--pool cp")), "{log}");
+    assert_no_key_in("argv", &log);
+    assert_no_token_in_argv(&oc, &["at-1", "at-2", "rt-1", "rt-2"]);
+}
+
+/// Each pool provider of opencode.json gets its own plugin slot, `qwen` stays the default
+/// pool's, and a provider without `options.qwenCredPool` is left alone. The login menu of a
+/// pool provider shows that pool and offers to add an API key: typed at an OpenCode prompt
+/// that says it shows the key, or into `qwen-cred add-key --pool NAME`, which does not.
+#[test]
+fn plugin_serves_each_pool_provider_and_offers_to_add_a_key() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+    let base = format!("{}/v1", mock.base_url());
+    let config = pool_config(&base);
+
+    let r = node_step(&oc, &node, json!({"step": "providers", "config": config}));
+    assert_eq!(
+        r[0]["served"],
+        json!(["qwen", "qwen-cp", "qwen-work"]),
+        "{r:?}"
+    );
+    // Without a config hook run (or with no pool provider), only `qwen`.
+    let r = node_step(&oc, &node, json!({"step": "providers"}));
+    assert_eq!(r[0]["served"], json!(["qwen"]), "{r:?}");
+
+    let d = node_step(
+        &oc,
+        &node,
+        json!({"step": "describe", "config": config, "provider": "qwen-cp"}),
+    );
+    assert_eq!(d[0]["provider"], "qwen-cp");
+    let m = &d[0]["methods"][0];
+    assert_eq!(
+        m["type"], "oauth",
+        "an api method would store the key in auth.json"
+    );
+    assert!(
+        m["label"].as_str().unwrap_or_default().contains("pool cp"),
+        "{m}"
+    );
+    let prompts = m["prompts"].as_array().expect("prompts");
+    assert_eq!(
+        prompts[0]["message"],
+        "Accounts of pool cp in qwen-cred: none yet"
+    );
+    assert_eq!(option_values(&prompts[0]), ["key", "hidden", "add"]);
+    let hidden = &prompts[0]["options"][1];
+    assert!(
+        hidden["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("qwen-cred add-key --pool cp"),
+        "{hidden}"
+    );
+    let key = &prompts[1];
+    assert_eq!(key["type"], "text");
+    assert_eq!(key["key"], "key");
+    assert_eq!(
+        key["when"],
+        json!({"key": "mode", "op": "eq", "value": "key"})
+    );
+    let msg = key["message"].as_str().unwrap_or_default();
+    for want in [
+        &format!("API key for {base}, for pool cp"),
+        "shown as you type",
+        "qwen-cred add-key --pool cp",
+    ] {
+        assert!(msg.contains(want), "{msg:?} should say {want:?}");
+    }
+    assert_eq!(prompts[2]["key"], "label");
+    assert_eq!(prompts[2]["when"], key["when"]);
+    assert_eq!(prompts.len(), 3, "{prompts:?}");
+
+    // `qwen`'s menu is the one it had: no key options.
+    let d = node_step(&oc, &node, json!({"step": "describe", "config": config}));
+    let prompts = d[0]["methods"][0]["prompts"].as_array().expect("prompts");
+    assert_eq!(option_values(&prompts[0]), ["add"]);
+    assert_eq!(
+        prompts[0]["message"],
+        "Qwen accounts in qwen-cred: none yet"
+    );
+}
+
+/// `opencode auth login` for a pool provider, its methods driven as OpenCode drives them: a key
+/// typed at the prompt reaches `qwen-cred add-key --pool NAME` on stdin (the argv log never
+/// has it) with the label and the provider's base URL; what OpenCode is given to store is the
+/// marker alone. A key account picked for replacement gets a new key the same way; remove
+/// names the pool; an OAuth login goes into the pool; a QWEN_CRED_POOL around OpenCode
+/// changes none of it.
+#[test]
+fn pool_provider_login_adds_a_key_on_stdin_and_stores_only_the_marker() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let mut oc = Oc::new(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+    oc.env.set("QWEN_CRED_POOL", "work");
+    let base = format!("{}/v1", mock.base_url());
+    let config = pool_config(&base);
+    let login = |inputs: Value| {
+        let r = node_step(
+            &oc,
+            &node,
+            json!({"step": "login", "config": config, "provider": "qwen-cp", "inputs": inputs}),
+        );
+        let all = serde_json::to_string(&r).unwrap_or_default();
+        assert_no_key_in("the plugin's answers", &all);
+        r
+    };
+    let marker = json!({"type": "success", "access": "qwen-cred", "refresh": "qwen-cred", "expires": 4102444800000_i64});
+
+    let r = login(json!({"mode": "key", "key": format!("  {POOL_KEY_1}  "), "label": "plan-1"}));
+    assert_eq!(r[0]["url"], "", "{r:?}");
+    let said = r[0]["instructions"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("added key account 1 (plan-1 (key ")
+            && said.ends_with("; 1 account in pool cp."),
+        "{said}"
+    );
+    assert_eq!(r[1]["result"], marker, "only the marker, never the key");
+    let cp = oc.read_pool_store("cp");
+    let a = &cp["accounts"][0];
+    assert!(
+        a["access_token"] == POOL_KEY_1,
+        "the key, trimmed, reached the pool"
+    );
+    assert_eq!(a["kind"], "api_key");
+    assert_eq!(a["label"], "plan-1");
+    assert_eq!(a["base_url"], base.as_str());
+    assert!(!oc.store_path().exists(), "the default pool is not touched");
+    assert!(!oc.pool_store_path("work").exists());
+    let log = oc.argv_log();
+    assert!(
+        log.contains(&format!(
+            "add-key --label plan-1 --base-url {base} --pool cp"
+        )),
+        "{log}"
+    );
+    assert_no_key_in("argv", &log);
+
+    // The menu now lists the key, and picking it for replacement asks for a new key.
+    let d = node_step(
+        &oc,
+        &node,
+        json!({"step": "describe", "config": config, "provider": "qwen-cp"}),
+    );
+    let prompts = d[0]["methods"][0]["prompts"].as_array().expect("prompts");
+    let head = prompts[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        head.starts_with("Accounts of pool cp in qwen-cred: 1\n- 1  plan-1 (key "),
+        "{head}"
+    );
+    assert_eq!(
+        option_values(&prompts[0]),
+        ["key", "hidden", "add", "replace", "remove", "fresh"]
+    );
+    let new_key = prompts.last().expect("a prompt");
+    assert_eq!(new_key["type"], "text");
+    assert_eq!(new_key["key"], "key");
+    assert_eq!(
+        new_key["when"],
+        json!({"key": "replace", "op": "eq", "value": "1"})
+    );
+
+    let r = login(json!({"mode": "replace", "replace": "1", "key": POOL_KEY_2}));
+    assert_eq!(r[1]["result"], marker, "{r:?}");
+    let said = r[0]["instructions"].as_str().unwrap_or_default();
+    assert!(said.contains("replaced the key of account 1"), "{said}");
+    let cp = oc.read_pool_store("cp");
+    assert!(
+        cp["accounts"][0]["access_token"] == POOL_KEY_2,
+        "key 2 took key 1's place"
+    );
+    assert_eq!(cp["accounts"][0]["label"], "plan-1");
+    assert_eq!(cp["accounts"].as_array().map(Vec::len), Some(1));
+    assert!(oc
+        .argv_log()
+        .contains(&format!("add-key --replace 1 --base-url {base} --pool cp")));
+
+    // Not a key: refused before qwen-cred runs, without repeating what was typed.
+    let adds = oc.argv_log().matches("add-key").count();
+    let r = login(json!({"mode": "key", "key": "sk-sp with a space"}));
+    assert_eq!(r[0]["name"], "QwenCredError", "{r:?}");
+    let msg = r[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("qwen-cp (pool cp): no API key was added"),
+        "{msg}"
+    );
+    assert!(!msg.contains("with a space"), "{msg}");
+    assert_eq!(oc.argv_log().matches("add-key").count(), adds);
+    let toasts = toasts_of(&r);
+    assert_eq!(toasts.len(), 1, "{toasts:?}");
+    assert_eq!(toasts[0]["title"], "qwen-cp (pool cp): login failed");
+
+    // Remove names the pool; an OAuth login goes into the pool.
+    let r = login(json!({"mode": "remove", "remove": "1"}));
+    let said = r[0]["instructions"].as_str().unwrap_or_default();
+    assert!(
+        said.starts_with("Removed account 1 (plan-1 (key ")
+            && said.ends_with(") from pool cp; 0 accounts in pool cp."),
+        "{said}"
+    );
+    mock.push_approval(mock.approval(Some("pooled@example.com")));
+    let r = login(json!({"mode": "add"}));
+    assert_eq!(r[1]["result"], marker, "{r:?}");
+    assert!(
+        r[0]["instructions"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("adds the account to pool cp"),
+        "{r:?}"
+    );
+    let cp = oc.read_pool_store("cp");
+    assert_eq!(cp["accounts"][0]["email"], "pooled@example.com");
+    assert!(!oc.store_path().exists());
+    let log = oc.argv_log();
+    assert!(log.contains("remove 1 --pool cp"), "{log}");
+    assert!(log.contains("login --json --pool cp"), "{log}");
+    assert!(log.lines().all(|l| l.ends_with("--pool cp")), "{log}");
+    assert_no_key_in("argv", &log);
+}
+
+/// "Add an API key, hidden": OpenCode says what to run in a terminal (`qwen-cred add-key
+/// --pool NAME`, which asks for the key without showing it) and waits until the key is in the
+/// pool; only then does the login succeed, with the marker.
+#[test]
+fn pool_provider_login_waits_for_a_key_typed_into_add_key() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+    let base = format!("{}/v1", mock.base_url());
+    let plan = json!({"step": "login", "config": pool_config(&base), "provider": "qwen-cp",
+        "inputs": {"mode": "hidden"}});
+    let out = oc.env.root.join("node.out");
+    let r = std::thread::scope(|s| {
+        let waiting = s.spawn(|| node_step(&oc, &node, plan));
+        assert!(
+            util::wait_for(60, || std::fs::read_to_string(&out)
+                .unwrap_or_default()
+                .contains("instructions")),
+            "no instructions"
+        );
+        let first = std::fs::read_to_string(&out).unwrap_or_default();
+        assert_eq!(first.lines().count(), 1, "it waits for the key: {first}");
+        oc.add_key("cp", &base, POOL_KEY_3);
+        waiting.join().expect("node")
+    });
+    let said = r[0]["instructions"].as_str().unwrap_or_default();
+    assert!(
+        said.contains(&format!(
+            "run: qwen-cred add-key --pool cp --base-url {base} "
+        )),
+        "{said}"
+    );
+    assert!(said.contains("does not show it"), "{said}");
+    assert_eq!(
+        r[1]["result"],
+        json!({"type": "success", "access": "qwen-cred", "refresh": "qwen-cred", "expires": 4102444800000_i64})
+    );
+    assert!(oc.read_pool_store("cp")["accounts"][0]["access_token"] == POOL_KEY_3);
+    assert!(oc.argv_log().contains("list --json --pool cp"));
+}
+
+/// `opencode auth login --provider qwen-cp` for real, under tmux: the pool's menu, "Add an API
+/// key", the key pasted and no label: qwen-cred adds it, OpenCode says "Login successful" and
+/// its auth.json gets the marker for `qwen-cp`, never the key.
+#[test]
+fn opencode_auth_login_adds_a_key_to_a_pool_provider_under_tmux() {
+    let Some(opencode) = program("QWEN_CRED_TEST_OPENCODE", "opencode") else {
+        return;
+    };
+    let Some(tmux) = program("QWEN_CRED_TEST_TMUX", "tmux") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    let base = format!("{}/v1", mock.base_url());
+    oc.env.expect(
+        &[
+            "opencode",
+            "install",
+            "--write-config",
+            "--pool",
+            "cp",
+            "--provider",
+            "qwen-cp",
+            "--base-url",
+            &base,
+            "--model",
+            "qwen3-coder-plus",
+        ],
+        0,
+    );
+    link_plugin_package(&oc.dir);
+    let t = Tmux {
+        oc: &oc,
+        tmux,
+        socket: oc.env.root.join("tmux-key.sock"),
+    };
+    let script = format!(
+        "'{}' auth login --provider qwen-cp; echo \"opencode exited: $?\"; sleep 120",
+        opencode.display()
+    );
+    let o = t.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "oc",
+        "-x",
+        "150",
+        "-y",
+        "40",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(o.status.success(), "tmux: {}", text(&o.stderr));
+    t.wait_for("Accounts of pool cp in qwen-cred: none yet", 60);
+    t.wait_for("Add an API key", 30);
+    t.cmd(&["send-keys", "-t", "oc", "Enter"]);
+    t.wait_for("shown as you type", 30);
+    t.cmd(&["send-keys", "-t", "oc", "-l", POOL_KEY_1]);
+    t.cmd(&["send-keys", "-t", "oc", "Enter"]);
+    t.wait_for("A name for this key", 30);
+    t.cmd(&["send-keys", "-t", "oc", "Enter"]);
+    let screen = t.wait_for("opencode exited: ", 60);
+    assert!(
+        screen.contains("opencode exited: 0"),
+        "{}",
+        hide_keys(&screen)
+    );
+    assert!(
+        screen.contains("Login successful"),
+        "{}",
+        hide_keys(&screen)
+    );
+    assert!(
+        screen.contains("added key account 1 (key "),
+        "{}",
+        hide_keys(&screen)
+    );
+    drop(t);
+
+    let auth =
+        std::fs::read_to_string(oc.env.root.join("data/opencode/auth.json")).expect("auth.json");
+    assert_no_key_in("OpenCode's auth.json", &auth);
+    let auth: Value = serde_json::from_str(&auth).expect("auth.json parses");
+    assert_eq!(
+        auth,
+        json!({"qwen-cp": {"type": "oauth", "access": "qwen-cred", "refresh": "qwen-cred", "expires": 4102444800000_i64}})
+    );
+    let cp = oc.read_pool_store("cp");
+    assert!(
+        cp["accounts"][0]["access_token"] == POOL_KEY_1,
+        "the key reached the pool"
+    );
+    assert_eq!(cp["accounts"][0]["label"], Value::Null);
+    assert_eq!(cp["accounts"][0]["base_url"], base.as_str());
+    let log = oc.argv_log();
+    assert!(
+        log.contains(&format!("add-key --base-url {base} --pool cp")),
+        "{log}"
+    );
+    assert_no_key_in("argv", &log);
+}
+
+/// A pool provider's fetch: the key the server refuses gets the forced check (`refresh --pool
+/// cp`), is revoked, and the request goes to the pool's next key; the toast names the
+/// provider and says how to give that key account a new key. With no key left, the error
+/// names the provider and the commands for its pool.
+#[test]
+fn pool_provider_fetch_names_the_provider_and_its_pool() {
+    let Some(node) = program("QWEN_CRED_TEST_NODE", "node") else {
+        return;
+    };
+    let mock = Mock::start();
+    let oc = Oc::new(&mock);
+    oc.env.expect(&["opencode", "install"], 0);
+    let base = format!("{}/v1", mock.base_url());
+    mock.add_key(POOL_KEY_1, Default::default());
+    let k2 = mock.add_key(POOL_KEY_2, Default::default());
+    oc.add_key("cp", &base, POOL_KEY_1);
+    oc.add_key("cp", &base, POOL_KEY_2);
+    mock.revoke_key(POOL_KEY_1);
+    let plan = json!({"step": "fetch", "config": pool_config(&base), "provider": "qwen-cp",
+        "base": base, "auth": r#"{"type":"oauth","access":"qwen-cred"}"#});
+
+    let r = node_step(&oc, &node, plan.clone());
+    assert_no_key_in(
+        "the plugin's answers",
+        &serde_json::to_string(&r).unwrap_or_default(),
+    );
+    assert_eq!(r[1]["status"], 200, "{r:?}");
+    assert!(
+        r[1]["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("hello from account {k2}")),
+        "{r:?}"
+    );
+    assert_eq!(oc.read_pool_store("cp")["accounts"][0]["status"], "revoked");
+    let toasts = toasts_of(&r);
+    assert_eq!(toasts.len(), 1, "{toasts:?}");
+    assert_eq!(toasts[0]["title"], "qwen-cp (pool cp): key refused");
+    let msg = toasts[0]["message"].as_str().unwrap_or_default();
+    for want in [
+        "Key account 1 (key ",
+        "of pool cp",
+        "\"opencode auth login --provider qwen-cp\"",
+        "\"qwen-cred add-key --replace 1 --pool cp\"",
+    ] {
+        assert!(msg.contains(want), "{msg:?} should say {want:?}");
+    }
+    assert!(oc
+        .argv_log()
+        .contains("refresh --account 1 --force --pool cp"));
+
+    mock.revoke_key(POOL_KEY_2);
+    let r = node_step(&oc, &node, plan);
+    assert_eq!(r[1]["name"], "QwenCredError", "{r:?}");
+    let msg = r[1]["error"].as_str().unwrap_or_default();
+    for want in [
+        "qwen-cp (pool cp): no usable account",
+        "\"opencode auth login --provider qwen-cp\"",
+        "\"qwen-cred add-key --pool cp\"",
+        "\"qwen-cred login --pool cp\"",
+    ] {
+        assert!(msg.contains(want), "{msg:?} should say {want:?}");
+    }
+    assert_no_key_in("argv", &oc.argv_log());
 }

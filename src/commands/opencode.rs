@@ -20,6 +20,9 @@ pub const PROVIDER_ID: &str = "qwen";
 /// config schema takes any key there (1.18.33: `ProviderConfig.options` is an open record) and
 /// hands the provider, options included, to the plugin's auth loader.
 pub const POOL_OPTION: &str = "qwenCredPool";
+/// The pool providers the plugin serves: it exports this many slot plugins
+/// (`QwenCredPool0` ...), one per provider.
+pub const POOL_SLOTS: usize = 8;
 /// The models of the `qwen` provider, and of a pool provider given no `--model`.
 const OAUTH_MODELS: [(&str, &str); 2] = [
     ("coder-model", "Qwen Coder"),
@@ -179,8 +182,9 @@ fn install(cfg: &Config, args: &OpencodeInstall) -> Result<()> {
             .as_object()
             .and_then(|m| m.keys().next().cloned())
             .unwrap_or_default();
+        warn_past_slots(&cfg.dir);
         msg::warn(&format!(
-            "next: add accounts to pool {pool} with `qwen-cred login --pool {pool}`, then `opencode run -m {id}/{model}`"
+            "next: add API keys or accounts to pool {pool} with `opencode auth login --provider {id}`, `qwen-cred add-key --pool {pool}` or `qwen-cred login --pool {pool}`, then `opencode run -m {id}/{model}`"
         ));
     } else if !dry && args.write_config {
         msg::warn("next: `opencode run -m qwen/coder-model`; add accounts with `qwen-cred login` or `opencode auth login` (choose Qwen)");
@@ -190,6 +194,41 @@ fn install(cfg: &Config, args: &OpencodeInstall) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The plugin serves [`POOL_SLOTS`] pool providers (by id, in order); says so when
+/// `opencode.json` has more.
+fn warn_past_slots(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(config_file(dir)) else {
+        return;
+    };
+    let ids = pool_providers(&text);
+    if ids.len() > POOL_SLOTS {
+        msg::warn(&format!(
+            "opencode.json has {} providers with options.{POOL_OPTION}; the plugin serves the first {POOL_SLOTS} by id, not {}",
+            ids.len(),
+            ids[POOL_SLOTS..].join(", ")
+        ));
+    }
+}
+
+/// The ids of the providers other than `qwen` whose `options.qwenCredPool` is a string,
+/// sorted: the ones the plugin's slots serve, in slot order.
+fn pool_providers(text: &str) -> Vec<String> {
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = v["provider"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(id, p)| *id != PROVIDER_ID && p["options"][POOL_OPTION].is_string())
+                .map(|(id, _)| id.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
 }
 
 fn install_plugin(path: &Path, dry: bool) -> Result<Step> {
@@ -521,6 +560,25 @@ mod tests {
         // A qwen provider of the user's own is never touched.
         let mine = r#"{"provider": {"qwen": {"options": {"baseURL": "http://mine"}}}}"#;
         assert_eq!(merge_provider(mine, &block()), Ok(None));
+    }
+
+    #[test]
+    fn the_plugin_has_a_slot_for_each_pool_provider_counted() {
+        let slots: Vec<&str> = PLUGIN
+            .lines()
+            .filter(|l| l.starts_with("export const QwenCredPool"))
+            .collect();
+        assert_eq!(slots.len(), POOL_SLOTS, "{slots:?}");
+        for (k, line) in slots.iter().enumerate() {
+            assert!(
+                line.starts_with(&format!("export const QwenCredPool{k} = slot({k})")),
+                "{line}"
+            );
+        }
+        let text = r#"{"provider": {"z": {"options": {"qwenCredPool": "p"}}, "qwen": {"options": {"qwenCredPool": "q"}},
+            "a": {"options": {"qwenCredPool": "p2"}}, "n": {"options": {"qwenCredPool": 1}}, "o": {}}}"#;
+        assert_eq!(pool_providers(text), ["a", "z"]);
+        assert!(pool_providers("{broken").is_empty());
     }
 
     #[test]
