@@ -162,7 +162,6 @@ pub fn account_json(cfg: &Config, s: &Store, a: &Account, now: i64) -> Value {
         "disabled": a.disabled,
         "pending_journal": crate::journal::is_pending(&cfg.pool, &a.id),
         "pool": cfg.pool.arg(),
-        "kind": if a.is_key() { "api_key" } else { "oauth" },
         "base_url": a.base_url,
     })
 }
