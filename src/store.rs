@@ -188,6 +188,15 @@ struct Members<'t> {
     index: Option<BTreeMap<String, usize>>,
     /// Where the last key taken stood: the store is written in the order it is read.
     cursor: usize,
+    /// A bit per (length, first byte) class of the names present: most optional fields are
+    /// absent, and a name whose bit is clear is absent without a scan.
+    classes: u64,
+}
+
+/// The bit of `name`'s (length, first byte) class in `Members::classes`.
+fn class_bit(name: &str) -> u64 {
+    let first = name.as_bytes().first().copied().unwrap_or(0) as usize;
+    1 << ((name.len().wrapping_mul(31) ^ first) % 64)
 }
 
 /// Objects with more members than this get an index.
@@ -238,6 +247,7 @@ impl<'de> Deserialize<'de> for Members<'de> {
                             if let Some(index) = &mut m.index {
                                 index.insert(k.to_string(), m.list.len());
                             }
+                            m.classes |= class_bit(&k);
                             m.list.push((k, Some(v)));
                             if m.index.is_none() && m.list.len() > SMALL_OBJECT {
                                 m.index = Some(
@@ -258,6 +268,9 @@ impl<'de> Deserialize<'de> for Members<'de> {
 
 impl<'t> Members<'t> {
     fn position(&self, key: &str) -> Option<usize> {
+        if self.classes & class_bit(key) == 0 {
+            return None;
+        }
         match &self.index {
             Some(index) => index.get(key).copied(),
             None => (self.cursor..self.list.len())
