@@ -3,6 +3,7 @@
 
 mod util;
 
+mod claude;
 mod clients;
 mod core;
 mod doctor;
