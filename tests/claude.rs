@@ -156,40 +156,17 @@ fn claude_cmd(env: &Env, claude: &Path) -> Command {
 
 /// `claude -p PROMPT` started; stdout and stderr go to files in the temp dir.
 fn spawn_p(env: &Env, claude: &Path, prompt: &str) -> Child {
-    claude_cmd(env, claude)
-        .args(["-p", prompt])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(env.root.join("claude.out")).expect("create out"))
-        .stderr(std::fs::File::create(env.root.join("claude.err")).expect("create err"))
-        .spawn()
-        .expect("start claude")
+    let mut cmd = claude_cmd(env, claude);
+    cmd.args(["-p", prompt]).stdin(Stdio::null());
+    util::spawn_logged(&env.root, cmd, "claude")
 }
 
 /// Waits for a `spawn_p` run within [`RUN_LIMIT`]; (exit code, stdout, stderr).
-fn finish(env: &Env, mut child: Child) -> (Option<i32>, String, String) {
-    let mut status = None;
-    let finished = util::wait_for(RUN_LIMIT.as_secs(), || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    let read = |name: &str| text(&std::fs::read(env.root.join(name)).unwrap_or_default());
-    if !finished {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "claude did not finish within {RUN_LIMIT:?}\nstdout: {}\nstderr: {}",
-            hide(&read("claude.out")),
-            hide(&read("claude.err"))
-        );
-    }
-    (
-        status.and_then(|s| s.code()),
-        read("claude.out"),
-        read("claude.err"),
-    )
+fn finish(env: &Env, child: Child) -> util::Ran {
+    util::finish_within(&env.root, child, "claude", RUN_LIMIT, hide)
 }
 
-fn run_p(env: &Env, claude: &Path, prompt: &str) -> (Option<i32>, String, String) {
+fn run_p(env: &Env, claude: &Path, prompt: &str) -> util::Ran {
     finish(env, spawn_p(env, claude, prompt))
 }
 

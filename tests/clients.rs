@@ -8,7 +8,7 @@
 use crate::util::mock::{ApiReply, Mock, Request};
 use crate::util::{self, account, program, store_with, text, Env, BIN};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -65,35 +65,9 @@ fn codex_exec(env: &Env, codex: &Path, prompt: &str) -> (Option<i32>, String, St
 }
 
 /// Runs to completion within [`RUN_LIMIT`]; (exit code, stdout, stderr).
-fn run_limited(env: &Env, mut cmd: Command, what: &str) -> (Option<i32>, String, String) {
-    let out_path = env.root.join(format!("{what}.out"));
-    let err_path = env.root.join(format!("{what}.err"));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("create out"))
-        .stderr(std::fs::File::create(&err_path).expect("create err"))
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let mut status = None;
-    let finished = util::wait_for(RUN_LIMIT.as_secs(), || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    let read = |p: &PathBuf| text(&std::fs::read(p).unwrap_or_default());
-    if !finished {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "{what} did not finish within {RUN_LIMIT:?}\nstdout: {}\nstderr: {}",
-            read(&out_path),
-            read(&err_path)
-        );
-    }
-    (
-        status.and_then(|s| s.code()),
-        read(&out_path),
-        read(&err_path),
-    )
+fn run_limited(env: &Env, mut cmd: Command, what: &str) -> util::Ran {
+    cmd.stdin(Stdio::null());
+    util::run_within(&env.root, cmd, what, RUN_LIMIT)
 }
 
 /// The requests Codex sent to the Responses API, in order.

@@ -142,34 +142,8 @@ exec '{bin}' "$@"
     }
 
     /// Runs to completion within [`RUN_LIMIT`]; (exit code, stdout, stderr).
-    fn run(&self, mut cmd: Command, what: &str) -> (Option<i32>, String, String) {
-        let out_path = self.env.root.join(format!("{what}.out"));
-        let err_path = self.env.root.join(format!("{what}.err"));
-        let mut child = cmd
-            .stdout(std::fs::File::create(&out_path).expect("create out"))
-            .stderr(std::fs::File::create(&err_path).expect("create err"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        let mut status = None;
-        let finished = util::wait_for(RUN_LIMIT.as_secs(), || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        let read = |p: &Path| text(&std::fs::read(p).unwrap_or_default());
-        if !finished {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{what} did not finish within {RUN_LIMIT:?}\nstdout: {}\nstderr: {}",
-                read(&out_path),
-                read(&err_path)
-            );
-        }
-        (
-            status.and_then(|s| s.code()),
-            read(&out_path),
-            read(&err_path),
-        )
+    fn run(&self, cmd: Command, what: &str) -> util::Ran {
+        util::run_within(&self.env.root, cmd, what, RUN_LIMIT)
     }
 }
 

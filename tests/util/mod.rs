@@ -267,3 +267,53 @@ pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// What a bounded run of a client (opencode, codex, claude) left: exit code, stdout, stderr.
+pub type Ran = (Option<i32>, String, String);
+
+/// Starts `cmd` with its stdout and stderr going to `DIR/WHAT.out` and `DIR/WHAT.err`.
+pub fn spawn_logged(dir: &Path, mut cmd: Command, what: &str) -> std::process::Child {
+    cmd.stdout(std::fs::File::create(dir.join(format!("{what}.out"))).expect("create out"))
+        .stderr(std::fs::File::create(dir.join(format!("{what}.err"))).expect("create err"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"))
+}
+
+/// Waits up to `limit` for a `spawn_logged` child; kills it and fails the test, showing its
+/// output through `show` (which may hide secrets), if it takes longer.
+pub fn finish_within(
+    dir: &Path,
+    mut child: std::process::Child,
+    what: &str,
+    limit: std::time::Duration,
+    show: impl Fn(&str) -> String,
+) -> Ran {
+    let mut status = None;
+    let finished = wait_for(limit.as_secs(), || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    let read =
+        |ext: &str| text(&std::fs::read(dir.join(format!("{what}.{ext}"))).unwrap_or_default());
+    if !finished {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{what} did not finish within {limit:?}\nstdout: {}\nstderr: {}",
+            show(&read("out")),
+            show(&read("err"))
+        );
+    }
+    (status.and_then(|s| s.code()), read("out"), read("err"))
+}
+
+/// `spawn_logged` then `finish_within`.
+pub fn run_within(dir: &Path, cmd: Command, what: &str, limit: std::time::Duration) -> Ran {
+    finish_within(
+        dir,
+        spawn_logged(dir, cmd, what),
+        what,
+        limit,
+        str::to_string,
+    )
+}
