@@ -353,7 +353,12 @@ pub fn named_env(name: &str) -> Option<String> {
 
 /// `QWEN_CRED_<KEY>`, upper-cased.
 pub fn env_name(key: &str) -> String {
-    format!("QWEN_CRED_{}", key.to_ascii_uppercase())
+    // Built by hand, not with format!: every `token` call asks for each key's variable.
+    let mut name = String::with_capacity("QWEN_CRED_".len() + key.len());
+    name.push_str("QWEN_CRED_");
+    name.push_str(key);
+    name.make_ascii_uppercase();
+    name
 }
 
 /// The largest `qwen.json` read: a config is a few hundred bytes.

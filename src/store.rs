@@ -241,23 +241,7 @@ impl<'de> Deserialize<'de> for Members<'de> {
             ) -> std::result::Result<Members<'de>, A::Error> {
                 let mut m = Members::default();
                 while let Some((Name(k), v)) = map.next_entry::<Name<'de>, &'de RawValue>()? {
-                    match m.position(&k) {
-                        Some(i) => m.list[i].1 = Some(v),
-                        None => {
-                            if let Some(index) = &mut m.index {
-                                index.insert(k.to_string(), m.list.len());
-                            }
-                            m.classes |= class_bit(&k);
-                            m.list.push((k, Some(v)));
-                            if m.index.is_none() && m.list.len() > SMALL_OBJECT {
-                                m.index = Some(
-                                    (m.list.iter().enumerate())
-                                        .map(|(i, (k, _))| (k.to_string(), i))
-                                        .collect(),
-                                );
-                            }
-                        }
-                    }
+                    m.insert(k, v);
                 }
                 Ok(m)
             }
@@ -266,7 +250,64 @@ impl<'de> Deserialize<'de> for Members<'de> {
     }
 }
 
+/// The store's top-level object with its `accounts` read in the same pass, when they are an
+/// array of objects; anything else fails, and `Store::parse` looks closer to say why.
+struct Top<'t> {
+    members: Members<'t>,
+    accounts: Vec<Members<'t>>,
+}
+
+impl<'de> Deserialize<'de> for Top<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Top<'de>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Top<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Top<'de>, A::Error> {
+                let mut top = Top {
+                    members: Members::default(),
+                    accounts: Vec::new(),
+                };
+                while let Some(Name(k)) = map.next_key::<Name<'de>>()? {
+                    match k.as_ref() {
+                        "accounts" => top.accounts = map.next_value()?,
+                        _ => top.members.insert(k, map.next_value()?),
+                    }
+                }
+                Ok(top)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 impl<'t> Members<'t> {
+    /// Adds a member read from the text; a name given again keeps its place.
+    fn insert(&mut self, k: Cow<'t, str>, v: &'t RawValue) {
+        match self.position(&k) {
+            Some(i) => self.list[i].1 = Some(v),
+            None => {
+                if let Some(index) = &mut self.index {
+                    index.insert(k.to_string(), self.list.len());
+                }
+                self.classes |= class_bit(&k);
+                self.list.push((k, Some(v)));
+                if self.index.is_none() && self.list.len() > SMALL_OBJECT {
+                    self.index = Some(
+                        (self.list.iter().enumerate())
+                            .map(|(i, (k, _))| (k.to_string(), i))
+                            .collect(),
+                    );
+                }
+            }
+        }
+    }
+
     fn position(&self, key: &str) -> Option<usize> {
         if self.classes & class_bit(key) == 0 {
             return None;
@@ -287,12 +328,15 @@ impl<'t> Members<'t> {
 
     /// What was not taken, copied out of the text.
     fn rest(self) -> Extra {
-        Extra(
-            self.list
-                .into_iter()
-                .filter_map(|(k, v)| Some((k.into_owned(), v?.to_owned())))
-                .collect(),
-        )
+        // A loop, not `filter_map().collect()`: collecting in place reuses, and later frees,
+        // the whole list's memory for what is usually nothing.
+        let mut extra = Vec::new();
+        for (k, v) in self.list {
+            if let Some(v) = v {
+                extra.push((k.into_owned(), v.to_owned()));
+            }
+        }
+        Extra(extra)
     }
 }
 
@@ -300,18 +344,18 @@ impl<'t> Members<'t> {
 /// passthrough `extra`; errors name the file and the field path.
 struct Fields<'a> {
     map: Members<'a>,
-    at: String,
+    /// The account's place in `accounts`, `None` for the top level; only errors spell it out.
+    account: Option<usize>,
     file: &'a Path,
 }
 
 impl<'a> Fields<'a> {
     fn err(&self, key: &str, expected: &str) -> Error {
-        let sep = if self.at.is_empty() { "" } else { "." };
-        Error::File(format!(
-            "{}: {}{sep}{key}: expected {expected}",
-            self.file.display(),
-            self.at
-        ))
+        let file = self.file.display();
+        Error::File(match self.account {
+            Some(i) => format!("{file}: accounts[{i}].{key}: expected {expected}"),
+            None => format!("{file}: {key}: expected {expected}"),
+        })
     }
 
     /// The value's JSON text. Missing -> `None`. `null` -> `None` only where `nullable`.
@@ -372,23 +416,23 @@ impl<'a> Fields<'a> {
 
     /// An array of at most `N` non-negative integers, missing ones 0.
     fn counts<const N: usize>(&mut self, key: &str) -> Result<[u64; N]> {
-        let expected = format!("an array of at most {N} non-negative integers");
+        let expected = || format!("an array of at most {N} non-negative integers");
         let mut out = [0; N];
-        let Some(raw) = self.take(key, true, &expected)? else {
+        let Some(raw) = self.map.take(key) else {
             return Ok(out);
         };
-        let list = serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())
+        let list = serde_json::from_str::<Option<Vec<&RawValue>>>(raw.get())
             .ok()
-            .filter(|l| l.len() <= N)
-            .ok_or_else(|| self.err(key, &expected))?;
-        for (slot, v) in out.iter_mut().zip(&list) {
+            .filter(|l| l.as_ref().is_none_or(|l| l.len() <= N))
+            .ok_or_else(|| self.err(key, &expected()))?;
+        for (slot, v) in out.iter_mut().zip(list.iter().flatten()) {
             // JSON integer text only, as `int` takes it.
             *slot = v
                 .get()
                 .parse::<u64>()
                 .ok()
                 .filter(|&n| n <= MAX_COUNT)
-                .ok_or_else(|| self.err(key, &expected))?;
+                .ok_or_else(|| self.err(key, &expected()))?;
         }
         Ok(out)
     }
@@ -446,12 +490,19 @@ impl Store {
     /// blank input is an empty pool.
     pub fn parse(bytes: &[u8], file: &Path) -> Result<Store> {
         let name = file.display();
-        let Some(map) = crate::files::parse_json_object::<Members>(bytes, file)? else {
-            return Ok(Store::empty());
+        // Usually the accounts are an array of objects, read in the same pass as the rest;
+        // anything else is read again, member by member, to say what is wrong.
+        let (map, accounts) = match crate::files::parse_json_object::<Top>(bytes, file) {
+            Ok(None) => return Ok(Store::empty()),
+            Ok(Some(top)) => (top.members, Some(top.accounts)),
+            Err(_) => match crate::files::parse_json_object::<Members>(bytes, file)? {
+                None => return Ok(Store::empty()),
+                Some(map) => (map, None),
+            },
         };
         let mut f = Fields {
             map,
-            at: String::new(),
+            account: None,
             file,
         };
         let version = f
@@ -481,33 +532,34 @@ impl Store {
         if max_accounts == 0 {
             return Err(f.err("max_accounts", "a number from 1 to 10"));
         }
-        // Usually an array of objects, read in one pass; anything else is looked at closer
-        // to say what is wrong.
-        let members = match f.map.take("accounts") {
-            None => Vec::new(),
-            Some(raw) => match serde_json::from_str::<Vec<Members>>(raw.get()) {
-                Ok(list) => list,
-                Err(_) => {
-                    let list = serde_json::from_str::<Vec<&RawValue>>(raw.get())
-                        .map_err(|_| f.err("accounts", "an array"))?;
-                    let mut members = Vec::with_capacity(list.len());
-                    for (i, raw) in list.iter().enumerate() {
-                        let Ok(map) = serde_json::from_str::<Members>(raw.get()) else {
-                            return Err(Error::File(format!(
-                                "{name}: accounts[{i}]: expected an object"
-                            )));
-                        };
-                        members.push(map);
+        let members = match accounts {
+            Some(list) => list,
+            None => match f.map.take("accounts") {
+                None => Vec::new(),
+                Some(raw) => match serde_json::from_str::<Vec<Members>>(raw.get()) {
+                    Ok(list) => list,
+                    Err(_) => {
+                        let list = serde_json::from_str::<Vec<&RawValue>>(raw.get())
+                            .map_err(|_| f.err("accounts", "an array"))?;
+                        let mut members = Vec::with_capacity(list.len());
+                        for (i, raw) in list.iter().enumerate() {
+                            let Ok(map) = serde_json::from_str::<Members>(raw.get()) else {
+                                return Err(Error::File(format!(
+                                    "{name}: accounts[{i}]: expected an object"
+                                )));
+                            };
+                            members.push(map);
+                        }
+                        members
                     }
-                    members
-                }
+                },
             },
         };
         let mut accounts: Vec<Account> = Vec::with_capacity(members.len());
         for (i, map) in members.into_iter().enumerate() {
             let a = Account::parse(Fields {
                 map,
-                at: format!("accounts[{i}]"),
+                account: Some(i),
                 file,
             })?;
             if accounts.iter().any(|b| b.id == a.id) {
