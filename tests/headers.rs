@@ -274,10 +274,11 @@ fn windowed(window_ms: i64) -> Env {
 #[test]
 fn a_quota_window_cools_a_quota_429_until_the_window_can_have_reset() {
     // No hint: the whole window, whatever the daily reset (here 10 minutes, always sooner
-    // than the next daily reset, and 30 hours, always later).
+    // than the next daily reset, 11 to 13 hours away, and 30 hours, always later).
+    let (offset, next_reset) = util::noon_reset();
     for window in [10 * 60_000, 30 * H] {
         let mut env = windowed(window);
-        env.set("QWEN_CRED_QUOTA_RESET_UTC_OFFSET", "+00:00");
+        env.set("QWEN_CRED_QUOTA_RESET_UTC_OFFSET", &offset);
         let body = file(&env, "body.json", QUOTA_BODY);
         let before = util::now_ms();
         env.expect(&["report-429", "--body", &body], 0);
@@ -304,14 +305,12 @@ fn a_quota_window_cools_a_quota_429_until_the_window_can_have_reset() {
     }
     // An account without a window still waits for the daily reset.
     let mut env = windowed(5 * H);
-    env.set("QWEN_CRED_QUOTA_RESET_UTC_OFFSET", "+00:00");
+    env.set("QWEN_CRED_QUOTA_RESET_UTC_OFFSET", &offset);
     let body = file(&env, "body.json", QUOTA_BODY);
     env.expect(&["report-429", "--account", "2", "--body", &body], 0);
-    let day = 86_400_000;
-    let next_midnight = (util::now_ms() / day + 1) * day;
     assert_eq!(
         env.read_store()["accounts"][1]["rate_limit_resets_at"],
-        next_midnight
+        next_reset
     );
     assert!(env.read_store()["accounts"][1]
         .get("quota_window_ms")

@@ -1651,7 +1651,8 @@ fn decision(out: &str) -> Value {
 #[test]
 fn report_429_json_says_what_it_decided_before_it_waits() {
     let mut env = Env::new();
-    env.set("QWEN_CRED_QUOTA_RESET_UTC_OFFSET", "+00:00");
+    let (offset, reset) = util::noon_reset();
+    env.set("QWEN_CRED_QUOTA_RESET_UTC_OFFSET", &offset);
     env.write_store(&util::store_with(2));
     let body = env.root.join("quota.json");
     std::fs::write(&body, r#"{"error":{"code":"insufficient_quota"}}"#).expect("write body");
@@ -1659,7 +1660,7 @@ fn report_429_json_says_what_it_decided_before_it_waits() {
 
     let (out, _) = env.expect(&["report-429", "--json", "--body", &body], 0);
     let d = decision(&out);
-    let midnight = time_rfc3339((now_ms() / 86_400_000 + 1) * 86_400_000);
+    let midnight = time_rfc3339(reset);
     assert_eq!(d["account_id"], "1");
     assert_eq!(d["email"], "user1@example.com");
     assert_eq!(d["decision"], "cooled");

@@ -123,12 +123,11 @@ fn a_short_retry_after_is_slept_on_the_same_account() {
 #[test]
 fn a_quota_body_cools_down_until_the_daily_reset() {
     let mut env = with_strategy("sticky");
-    env.set("QWEN_CRED_QUOTA_RESET_UTC_OFFSET", "+00:00");
+    let (offset, next_midnight) = util::noon_reset();
+    env.set("QWEN_CRED_QUOTA_RESET_UTC_OFFSET", &offset);
     let body = env.root.join("body.json");
     std::fs::write(&body, r#"{"error":{"code":"insufficient_quota","message":"Free allocated quota exceeded.","type":"insufficient_quota"}}"#).expect("write");
     env.expect(&["report-429", "--body", body.to_str().unwrap_or("")], 0);
-    let day = 86_400_000;
-    let next_midnight = (util::now_ms() / day + 1) * day;
     let s = env.read_store();
     assert_eq!(s["accounts"][0]["rate_limit_resets_at"], next_midnight);
     assert_eq!(s["accounts"][0]["rate_limit_reason"], "quota");

@@ -162,6 +162,22 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// A `quota_reset_utc_offset` at which it is about noon now, so that the next daily reset is
+/// 11 to 13 hours away whenever the test runs (at `+00:00` a test started at 23:55 UTC would
+/// see the reset come before a 10-minute Retry-After). Returns the setting and the next
+/// reset (Unix ms).
+pub fn noon_reset() -> (String, i64) {
+    const H: i64 = 3_600_000;
+    let now = now_ms();
+    let hours = (12 - now / H % 24 + 24) % 24; // 0..=23
+    let hours = if hours > 12 { hours - 24 } else { hours }; // -11..=12, a valid offset
+    let offset = hours * H;
+    let day = 24 * H;
+    let next = ((now + offset) / day + 1) * day - offset;
+    let sign = if hours < 0 { '-' } else { '+' };
+    (format!("{sign}{:02}:00", hours.abs()), next)
+}
+
 /// One account JSON in the seed format, valid for `valid_for_s` seconds from now.
 pub fn account(id: &str, access: &str, refresh: &str, valid_for_s: i64) -> Value {
     serde_json::json!({
