@@ -239,7 +239,11 @@ impl<'de> Deserialize<'de> for Members<'de> {
                 self,
                 mut map: A,
             ) -> std::result::Result<Members<'de>, A::Error> {
-                let mut m = Members::default();
+                let mut m = Members {
+                    // An account has about twenty fields: room for them at once.
+                    list: Vec::with_capacity(24),
+                    ..Members::default()
+                };
                 while let Some((Name(k), v)) = map.next_entry::<Name<'de>, &'de RawValue>()? {
                     m.insert(k, v);
                 }
@@ -599,7 +603,12 @@ impl Store {
 
     /// The store as JSON: known fields first, unknown ones after, unchanged.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        // Room for the whole file up front: growing from serde_json's 128 bytes would copy
+        // it six times.
+        let mut out = Vec::with_capacity(1024 + 1024 * self.accounts.len());
+        // Writing to memory cannot fail, nor can these Serialize impls. Were it to, stopping
+        // is right: an empty result written back would lose every account.
+        serde_json::to_writer_pretty(&mut out, self).expect("the store serializes");
         out.push(b'\n');
         out
     }
