@@ -161,7 +161,7 @@ pub fn classify(url: &str, status: u16, body: &str, key: &Secret) -> Verdict {
         401 => Verdict::Invalid(said()),
         403 if says_invalid_key(body) => Verdict::Invalid(said()),
         429 => Verdict::Accepted(Some(format!("{}; the key is known", said()))),
-        403 if crate::rotation::is_quota_body(body) => {
+        403 if crate::oauth::is_quota_body(body) => {
             Verdict::Accepted(Some(format!("{}; the key is known", said())))
         }
         500..=599 => Verdict::Unreachable(said()),

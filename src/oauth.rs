@@ -1,7 +1,8 @@
 //! The HTTP client of the Qwen OAuth protocol (qwen-oauth.md): the device grant with PKCE for
-//! login, one refresh attempt, and the small pure helpers around tokens (PKCE, JWT email,
-//! API base URL and headers). It knows nothing of the store, config files or the
-//! environment: callers pass `Settings` in and decide what to do with each outcome.
+//! login, one refresh attempt, and the small pure helpers around tokens and the API (PKCE,
+//! JWT email, API base URL and headers, what a 429 body says). It knows nothing of the store,
+//! config files or the environment: callers pass `Settings` in and decide what to do with
+//! each outcome.
 
 use std::time::{Duration, Instant};
 
@@ -647,6 +648,22 @@ pub fn api_headers(version: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Whether a 429 (or 403) body says the daily quota is spent rather than a short throttle.
+pub fn is_quota_body(body: &str) -> bool {
+    if [
+        "insufficient_quota",
+        "quota_exceeded",
+        "Free allocated quota exceeded",
+    ]
+    .iter()
+    .any(|k| body.contains(k))
+    {
+        return true;
+    }
+    let lower = body.to_ascii_lowercase();
+    lower.contains("quota") && lower.contains("exceed")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,6 +674,28 @@ mod tests {
     fn vectors() -> Value {
         let text = include_str!("../tests/vectors.json");
         serde_json::from_str(text).expect("vectors.json parses")
+    }
+
+    #[test]
+    fn classify_429_vectors() {
+        let v = vectors();
+        let cases = v["classify_429"].as_array().expect("classify_429 array");
+        assert!(!cases.is_empty());
+        for c in cases {
+            let want = match c["kind"].as_str() {
+                Some("quota") => true,
+                Some("throttle") => false,
+                other => panic!("unknown kind {other:?}"),
+            };
+            assert_eq!(
+                is_quota_body(c["body"].as_str().expect("body")),
+                want,
+                "{c}"
+            );
+        }
+        assert!(is_quota_body("Daily QUOTA has been EXCEEDED"));
+        assert!(!is_quota_body("quota remaining: 10"));
+        assert!(!is_quota_body("exceeded the rate"));
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub fn run(cfg: &Config, args: &Report429) -> Result<()> {
     };
     let report = Report {
         retry_after_ms: retry_after_ms.map(|ms| ms.min(MAX_HINT_MS)),
-        quota: rotation::is_quota_body(&body),
+        quota: crate::oauth::is_quota_body(&body),
     };
     let who = args.account.clone().or_else(|| cfg.account_id_env.clone());
     let d = crate::store::update(&cfg.pool, cfg.lock_timeout(), |s| {
