@@ -536,27 +536,27 @@ impl Store {
         if max_accounts == 0 {
             return Err(f.err("max_accounts", "a number from 1 to 10"));
         }
+        // Only when the one pass failed: each account read on its own, to name the one that
+        // is not an object (an array of objects here means the bad `accounts` was not the
+        // last one given).
         let members = match accounts {
             Some(list) => list,
             None => match f.map.take("accounts") {
                 None => Vec::new(),
-                Some(raw) => match serde_json::from_str::<Vec<Members>>(raw.get()) {
-                    Ok(list) => list,
-                    Err(_) => {
-                        let list = serde_json::from_str::<Vec<&RawValue>>(raw.get())
-                            .map_err(|_| f.err("accounts", "an array"))?;
-                        let mut members = Vec::with_capacity(list.len());
-                        for (i, raw) in list.iter().enumerate() {
-                            let Ok(map) = serde_json::from_str::<Members>(raw.get()) else {
-                                return Err(Error::File(format!(
-                                    "{name}: accounts[{i}]: expected an object"
-                                )));
-                            };
-                            members.push(map);
-                        }
-                        members
+                Some(raw) => {
+                    let list = serde_json::from_str::<Vec<&RawValue>>(raw.get())
+                        .map_err(|_| f.err("accounts", "an array"))?;
+                    let mut members = Vec::with_capacity(list.len());
+                    for (i, raw) in list.iter().enumerate() {
+                        let Ok(map) = serde_json::from_str::<Members>(raw.get()) else {
+                            return Err(Error::File(format!(
+                                "{name}: accounts[{i}]: expected an object"
+                            )));
+                        };
+                        members.push(map);
                     }
-                },
+                    members
+                }
             },
         };
         let mut accounts: Vec<Account> = Vec::with_capacity(members.len());

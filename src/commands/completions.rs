@@ -98,11 +98,12 @@ fn top_commands(cmds: &[Cmd]) -> Vec<&str> {
         .collect()
 }
 
-fn flags_of_kind(cmds: &[Cmd], kind: &str) -> Vec<String> {
+/// The flags that take a value, sorted and once each: those of `kind` (`value_kind`), or all.
+fn value_flags(cmds: &[Cmd], kind: Option<&str>) -> Vec<String> {
     let mut v: Vec<String> = cmds
         .iter()
         .flat_map(|c| &c.flags)
-        .filter(|(f, _, takes)| *takes && value_kind(f) == kind)
+        .filter(|(f, _, takes)| *takes && kind.is_none_or(|k| value_kind(f) == k))
         .map(|(f, _, _)| f.clone())
         .collect();
     v.sort();
@@ -144,14 +145,7 @@ fn bash(cmds: &[Cmd]) -> String {
             );
         }
     }
-    let value_flags: Vec<String> = cmds
-        .iter()
-        .flat_map(|c| &c.flags)
-        .filter(|(_, _, takes)| *takes)
-        .map(|(f, _, _)| f.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let all_value_flags = value_flags(cmds, None);
     format!(
         r#"# bash completion for qwen-cred {version}: commands, flags, and account ids from the store.
 # Load it with:  source <(qwen-cred completions bash)
@@ -217,8 +211,8 @@ complete -F _qwen_cred qwen-cred
 "#,
         version = env!("CARGO_PKG_VERSION"),
         top = top_commands(cmds).join(" "),
-        ids_flags = flags_of_kind(cmds, "ids").join("|"),
-        value_flags = value_flags.join("|"),
+        ids_flags = value_flags(cmds, Some("ids")).join("|"),
+        value_flags = all_value_flags.join("|"),
         id_cmds = with_positional(cmds, Positional::Id),
         ids_cmds = with_positional(cmds, Positional::Ids),
         file_cmds = with_positional(cmds, Positional::File),
@@ -265,14 +259,7 @@ fn zsh(cmds: &[Cmd]) -> String {
             );
         }
     }
-    let value_flags: Vec<String> = cmds
-        .iter()
-        .flat_map(|c| &c.flags)
-        .filter(|(_, _, takes)| *takes)
-        .map(|(f, _, _)| f.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let all_value_flags = value_flags(cmds, None);
     let quoted =
         |list: String| -> String { list.split('|').map(zsh_quote).collect::<Vec<_>>().join("|") };
     format!(
@@ -344,17 +331,13 @@ fi
         described = described.join("\n"),
         subs_case = subs_case,
         flags_case = flags_case,
-        ids_flags = quoted(value_flags_of(cmds, "ids")),
-        value_flags = quoted(value_flags.join("|")),
+        ids_flags = quoted(value_flags(cmds, Some("ids")).join("|")),
+        value_flags = quoted(all_value_flags.join("|")),
         id_cmds = quoted(with_positional(cmds, Positional::Id)),
         ids_cmds = quoted(with_positional(cmds, Positional::Ids)),
         file_cmds = quoted(with_positional(cmds, Positional::File)),
         shell_cmds = quoted(with_positional(cmds, Positional::Shell)),
     )
-}
-
-fn value_flags_of(cmds: &[Cmd], kind: &str) -> String {
-    flags_of_kind(cmds, kind).join("|")
 }
 
 fn fish(cmds: &[Cmd]) -> String {
